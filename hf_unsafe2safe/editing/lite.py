@@ -1,0 +1,167 @@
+"""Stage 2 of the lite preset: classical edits restricted to the sensitive regions.
+
+Each region box is grown by ``dilation`` and fully replaced; a ``feather``-pixel ramp outside it blends
+the edit into the surroundings. Every pixel farther than that from a region keeps its source value
+exactly. Edits run on the source pixel mode (8/16-bit, grey, RGB(A), CMYK) in float32 and are rounded
+back, so nothing outside the regions is touched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import LiteEditorConfig
+from ..inspection.base import Region
+
+# cells across the longer side of a region (pixelate) / box size divided by the blur sigma
+_PIXELATE_CELLS = {"low": 16, "medium": 10, "high": 6}
+_BLUR_DIVISOR = {"low": 16.0, "medium": 8.0, "high": 4.0}
+# the whole-image fallback: this many cells across the longer side of the image
+FALLBACK_CELLS = 16
+
+
+class RegionEditor:
+    """Pixelate / blur / fill / inpaint per taxonomy category, inside dilated region boxes only."""
+
+    name = "lite"
+
+    def __init__(self, config: LiteEditorConfig):
+        self.config = config
+
+    def edit(self, pixels: np.ndarray, regions: list[Region]) -> tuple[np.ndarray, list[str]]:
+        """Edit a copy of ``pixels``; returns it and the method used per region."""
+        out = pixels.copy()
+        h, w = pixels.shape[:2]
+        methods = []
+        for region in regions:
+            method = self.config.method_for(region.category)
+            core = _grow(region.box, self.config.dilation, w, h)
+            self._apply(out, core, method)
+            methods.append(method)
+        return out, methods
+
+    def _apply(self, img: np.ndarray, core: tuple[int, int, int, int], method: str) -> None:
+        """Edit ``img`` in place, touching only the core box and its feather margin."""
+        f = self.config.feather
+        h, w = img.shape[:2]
+        x0, y0, x1, y1 = core
+        ex0, ey0, ex1, ey1 = max(0, x0 - f), max(0, y0 - f), min(w, x1 + f), min(h, y1 + f)
+        # float64 holds every 8/16/32-bit value exactly, so untouched pixels round-trip unchanged
+        patch = img[ey0:ey1, ex0:ex1].astype(np.float64)
+        strength = self.config.strength
+        if method == "pixelate":
+            # the cell grid starts at the core box so that the core is covered by whole cells
+            cells = _PIXELATE_CELLS[strength]
+            cell = max(2, int(np.ceil(max(x1 - x0, y1 - y0) / cells)))
+            edited = _pixelate(patch, cell, (x0 - ex0) % cell, (y0 - ey0) % cell)
+        elif method == "blur":
+            edited = _blur(patch, max(x1 - x0, y1 - y0) / _BLUR_DIVISOR[strength])
+        elif method == "fill":
+            edited = np.empty_like(patch)
+            edited[...] = _ring_mean(img.astype(np.float64), core)
+        elif method == "inpaint":
+            edited = _inpaint(img, core, (ex0, ey0, ex1, ey1))
+        else:  # config validation makes this unreachable
+            raise ValueError(f"unknown edit method {method!r}")
+        weight = _feather_weight(ey1 - ey0, ex1 - ex0, (x0 - ex0, y0 - ey0, x1 - ex0, y1 - ey0), f)
+        if patch.ndim == 3:
+            weight = weight[..., None]
+        img[ey0:ey1, ex0:ex1] = _cast_back(patch * (1.0 - weight) + edited * weight, img.dtype)
+
+    def fallback(self, pixels: np.ndarray) -> np.ndarray:
+        """The strongest lite edit: the whole image pixelated into FALLBACK_CELLS cells across."""
+        h, w = pixels.shape[:2]
+        cell = max(2, int(np.ceil(max(h, w) / FALLBACK_CELLS)))
+        return _cast_back(_pixelate(pixels.astype(np.float64), cell, 0, 0), pixels.dtype)
+
+
+def _grow(box, fraction: float, w: int, h: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    dx, dy = int(round((x1 - x0) * fraction)), int(round((y1 - y0) * fraction))
+    return max(0, x0 - dx), max(0, y0 - dy), min(w, x1 + dx), min(h, y1 + dy)
+
+
+def _feather_weight(h: int, w: int, core, feather: int) -> np.ndarray:
+    """1 inside the core box, falling linearly to 0 over ``feather`` pixels outside it."""
+    x0, y0, x1, y1 = core
+    xs, ys = np.arange(w), np.arange(h)
+    dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
+    dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
+    dist = np.maximum(dy[:, None], dx[None, :]).astype(np.float64)
+    return np.clip(1.0 - dist / (feather + 1), 0.0, 1.0)
+
+
+def _pixelate(patch: np.ndarray, cell: int, off_x: int, off_y: int) -> np.ndarray:
+    """Replace each ``cell`` x ``cell`` block (grid shifted by the offsets) by its mean."""
+    h, w = patch.shape[:2]
+    out = np.empty_like(patch)
+    ys = list(range(off_y - cell if off_y else 0, h, cell))
+    xs = list(range(off_x - cell if off_x else 0, w, cell))
+    for y in ys:
+        ya, yb = max(0, y), min(h, y + cell)
+        if ya >= yb:
+            continue
+        for x in xs:
+            xa, xb = max(0, x), min(w, x + cell)
+            if xa >= xb:
+                continue
+            block = patch[ya:yb, xa:xb]
+            out[ya:yb, xa:xb] = block.reshape(-1, *block.shape[2:]).mean(axis=0)
+    return out
+
+
+def _blur(patch: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    sigma = max(1.0, sigma)
+    return cv2.GaussianBlur(patch, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE).reshape(patch.shape)
+
+
+def _ring_mean(img: np.ndarray, core) -> np.ndarray:
+    """Mean colour of a thin ring around the box (falls back to the box mean at image borders)."""
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = core
+    r = max(2, int(0.1 * max(x1 - x0, y1 - y0)))
+    outer = img[max(0, y0 - r) : min(h, y1 + r), max(0, x0 - r) : min(w, x1 + r)]
+    mask = np.ones(outer.shape[:2], bool)
+    mask[y0 - max(0, y0 - r) : y1 - max(0, y0 - r), x0 - max(0, x0 - r) : x1 - max(0, x0 - r)] = False
+    pixels = outer[mask] if mask.any() else outer.reshape(-1, *outer.shape[2:])
+    return pixels.mean(axis=0)
+
+
+def _inpaint(img: np.ndarray, core, extent) -> np.ndarray:
+    """OpenCV Telea inpainting of the core box from its surroundings; returns the ``extent`` patch."""
+    import cv2
+
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = core
+    ex0, ey0, ex1, ey1 = extent
+    margin = max(8, int(0.25 * max(x1 - x0, y1 - y0)))
+    cx0, cy0, cx1, cy1 = max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin), min(h, y1 + margin)
+    crop = img[cy0:cy1, cx0:cx1].astype(np.float64)
+    mask = np.zeros(crop.shape[:2], np.uint8)
+    mask[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0] = 255
+    radius = 5
+    if crop.ndim == 3 and crop.shape[2] == 3 and img.dtype == np.uint8:
+        filled = cv2.inpaint(crop.astype(np.uint8), mask, radius, cv2.INPAINT_TELEA)
+    else:
+        chans = crop[..., None] if crop.ndim == 2 else crop
+        filled = np.stack(
+            [cv2.inpaint(np.ascontiguousarray(chans[..., i], dtype=np.float32), mask, radius, cv2.INPAINT_TELEA) for i in range(chans.shape[2])],
+            axis=-1,
+        )
+        filled = (filled[..., 0] if crop.ndim == 2 else filled).astype(np.float64)
+    result = img[ey0:ey1, ex0:ex1].astype(np.float64)
+    # copy the inpainted crop into the extent patch where they overlap
+    ix0, iy0, ix1, iy1 = max(cx0, ex0), max(cy0, ey0), min(cx1, ex1), min(cy1, ey1)
+    result[iy0 - ey0 : iy1 - ey0, ix0 - ex0 : ix1 - ex0] = filled[iy0 - cy0 : iy1 - cy0, ix0 - cx0 : ix1 - cx0]
+    return result
+
+
+def _cast_back(arr: np.ndarray, dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(arr), info.min, info.max).astype(dtype)
+    if dtype == np.bool_:
+        return arr >= 0.5
+    return arr.astype(dtype)

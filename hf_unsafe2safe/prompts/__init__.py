@@ -1,0 +1,27 @@
+"""Versioned prompt and template files (package data). Their hashes are part of the transform's fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from importlib import resources
+
+PROMPT_FILES = ("lite_templates.json",)
+
+
+def read_prompt(name: str) -> bytes:
+    return resources.files(__name__).joinpath(name).read_bytes()
+
+
+@lru_cache(maxsize=None)
+def load_json(name: str) -> dict:
+    return json.loads(read_prompt(name))
+
+
+def prompts_digest() -> str:
+    """One sha256 over every prompt/template file, in a fixed order."""
+    h = hashlib.sha256()
+    for name in PROMPT_FILES:
+        h.update(name.encode() + b"\0" + read_prompt(name) + b"\0")
+    return h.hexdigest()

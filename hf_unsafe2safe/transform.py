@@ -1,0 +1,262 @@
+"""The ``datasets.map`` callable: a batch of rows in, the same rows with safe images and the added columns out.
+
+    anonymize = Unsafe2Safe.from_preset("lite")
+    ds = anonymize.prepare(ds)   # image column undecoded, so safe images keep their exact bytes
+    safe = ds.map(anonymize, batched=True, with_rank=True, features=anonymize.output_features(ds.features))
+
+The object pickles to its config (models are never pickled; each process loads them once, on first use),
+and its ``datasets`` fingerprint is made from config + package version + prompt/template hashes only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+from . import columns as C
+from .config import PipelineConfig
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RowResult:
+    image: dict | None
+    inspection: object | None  # inspection.base.Inspection
+    status: str
+    editor: str
+    seed: int
+    error: str | None
+    metadata_removed: list
+    original: dict | None = None
+
+
+def row_seed(global_seed: int, image_sha256: str) -> int:
+    """Per-row seed from (global seed, image content): the same whatever batch, process or order."""
+    digest = hashlib.sha256(f"{global_seed}:{image_sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class Unsafe2Safe:
+    """Unsafe2Safe anonymization as a batched ``datasets.map`` transform."""
+
+    def __init__(self, config: PipelineConfig | None = None, **overrides):
+        if config is None:
+            config = PipelineConfig.from_preset("lite", **overrides)
+        elif overrides:
+            raise TypeError("pass either a PipelineConfig or keyword overrides, not both")
+        if not isinstance(config, PipelineConfig):
+            raise TypeError(f"Got {type(config).__name__} for `config`; expected a PipelineConfig.")
+        self.config = config
+        self._runtime = None
+        self._warned_decoded = False
+
+    @classmethod
+    def from_preset(cls, name: str = "lite", **overrides) -> "Unsafe2Safe":
+        return cls(PipelineConfig.from_preset(name, **overrides))
+
+    # ---- pickling and fingerprint -------------------------------------------------------------
+    def fingerprint_state(self) -> dict:
+        """Everything the output depends on, and nothing else (no models, no caches)."""
+        from .prompts import prompts_digest
+        from .taxonomy import load_taxonomy
+
+        return {
+            "config": self.config.to_dict(),
+            "version": __version__,
+            "prompts": prompts_digest(),
+            "taxonomy": load_taxonomy().sha256,
+        }
+
+    def __reduce__(self):
+        return (_restore, (self.fingerprint_state(),))
+
+    def __repr__(self) -> str:
+        return f"Unsafe2Safe(preset={self.config.preset!r}, image_column={self.config.image_column!r})"
+
+    # ---- schema --------------------------------------------------------------------------------
+    def output_features(self, input_features=None):
+        """The features of the mapped dataset: the input's, image column as ``Image()``, plus the added columns."""
+        from datasets import Features, Image
+
+        feats = dict(input_features or {})
+        col = self.config.image_column
+        if input_features is not None and col not in feats:
+            raise KeyError(f"Image column {col!r} not in the dataset; columns: {sorted(feats)}. Set `image_column`.")
+        feats[col] = Image()
+        for name, feature in C.added_features().items():
+            if name in feats and input_features is not None and name not in C.ADDED_COLUMNS:
+                continue
+            feats[name] = feature
+        if self.config.keep_original:
+            feats[C.ORIGINAL_IMAGE] = Image()
+        return Features(feats)
+
+    def prepare(self, dataset):
+        """The dataset with its image column undecoded, so safe images keep their exact bytes."""
+        from datasets import Image
+
+        col = self.config.image_column
+        if col not in dataset.column_names:
+            raise KeyError(f"Image column {col!r} not in the dataset; columns: {dataset.column_names}. Set `image_column`.")
+        clashes = [c for c in C.ADDED_COLUMNS if c in dataset.column_names]
+        if clashes:
+            raise ValueError(f"The dataset already has output column(s) {clashes}: was it anonymized already?")
+        return dataset.cast_column(col, Image(decode=False))
+
+    # ---- the map function ----------------------------------------------------------------------
+    def __call__(self, batch: dict, rank: int | None = None) -> dict:
+        col = self.config.image_column
+        if col not in batch:
+            raise KeyError(f"Image column {col!r} not in the batch; columns: {sorted(batch)}. Set `image_column`.")
+        cells = batch[col]
+        single = not isinstance(cells, list)
+        if single:  # map(..., batched=False)
+            batch = {k: [v] for k, v in batch.items()}
+            cells = batch[col]
+        results = self._run([self._cell_bytes(cell) for cell in cells], rank)
+        out = dict(batch)
+        out[col] = [r.image for r in results]
+        out.update(self._columns(results))
+        if self.config.keep_original:
+            out[C.ORIGINAL_IMAGE] = [r.original for r in results]
+        if single:
+            out = {k: v[0] for k, v in out.items()}
+        return out
+
+    def _cell_bytes(self, cell) -> tuple[bytes | None, str | None]:
+        from .utils.images import image_bytes
+
+        try:
+            data, err = image_bytes(cell)
+        except (OSError, ValueError) as exc:
+            return None, f"image could not be read: {exc}"
+        if data is None and err is None:  # a decoded PIL image: its original bytes are gone
+            if not self._warned_decoded:
+                logger.warning(
+                    "The image column is decoded, so unflagged images cannot keep their original bytes; they are "
+                    "re-encoded losslessly (PNG). Call `anonymize.prepare(ds)` (or cast the column to "
+                    "Image(decode=False)) before `map` for byte-exact pass-through."
+                )
+                self._warned_decoded = True
+            buf = io.BytesIO()
+            try:
+                cell.save(buf, format="PNG")
+            except Exception as exc:  # noqa: BLE001 - any failure becomes this row's status
+                return None, f"decoded image could not be serialised: {exc}"
+            return buf.getvalue(), None
+        return data, err
+
+    def _runtime_parts(self):
+        if self._runtime is None:
+            from .editing.lite import RegionEditor
+            from .inspection.lite import LiteInspector
+            from .inspection.templates import TemplateCaptioner
+            from .taxonomy import load_taxonomy
+
+            self._runtime = (
+                LiteInspector(self.config.inspector, load_taxonomy(), TemplateCaptioner()),
+                RegionEditor(self.config.editor),
+            )
+        return self._runtime
+
+    def _run(self, items: list[tuple[bytes | None, str | None]], rank: int | None) -> list[RowResult]:
+        from .inspection.base import Inspection
+        from .utils.images import InvalidImage, decode
+
+        inspector, editor = self._runtime_parts()
+        results: list[RowResult] = []
+        for data, read_error in items:
+            # 1. decode (bad input -> invalid_input, image emptied, the run goes on)
+            if data is None:
+                results.append(self._invalid(read_error or "image is missing"))
+                continue
+            try:
+                source = decode(data, self.config.max_image_pixels)
+            except InvalidImage as exc:
+                results.append(self._invalid(str(exc)))
+                continue
+            seed = row_seed(self.config.seed, source.sha256)
+            original = {"bytes": data, "path": None} if self.config.keep_original else None
+            # 2. Stage 1: inspect; a failure flags the row (fail closed)
+            try:
+                inspection = inspector.inspect(source)
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("inspection failed")
+                inspection = Inspection(flagged=True, error=f"inspection failed: {exc!r}", caption_source=C.CAPTION_NONE)
+            # 3. Stage 2 for flagged rows only; unflagged rows keep their bytes
+            result = self._finish(source, inspection, editor, seed)
+            result.original = original
+            results.append(result)
+        return results
+
+    def _invalid(self, message: str) -> RowResult:
+        return RowResult(None, None, C.STATUS_INVALID, "none", -1, message, [])
+
+    def _finish(self, source, inspection, editor, seed: int) -> RowResult:
+        from .utils.images import encode, from_edit_array, pass_through, to_edit_array
+
+        removed = list(source.metadata.removed)
+        if not inspection.flagged:
+            data, reencoded = pass_through(source)
+            return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_PASSED, "none", seed, None, removed + (["reencoded"] if reencoded else []))
+        quality = self.config.editor.jpeg_quality
+        visual = inspection.regions
+        if inspection.error is None and not visual:
+            # flagged by metadata alone: removing it is the edit; the pixels carry nothing we found
+            data, reencoded = pass_through(source)
+            return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, "metadata-strip", seed, None, removed)
+        errors = [inspection.error] if inspection.error else []
+        if inspection.error is None:
+            try:
+                pixels, mode = to_edit_array(source.image)
+                edited, _ = editor.edit(pixels, visual)
+                data = encode(from_edit_array(edited, mode), source, quality)
+                return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, editor.name, seed, None, removed)
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("region edit failed; using the whole-image fallback")
+                errors.append(f"region edit failed: {exc!r}")
+        try:
+            pixels, mode = to_edit_array(source.image)
+            data = encode(from_edit_array(editor.fallback(pixels), mode), source, quality)
+            return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_FALLBACK, f"{editor.name}-fallback", seed, "; ".join(errors), removed)
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("fallback edit failed; emptying the image")
+            errors.append(f"fallback failed: {exc!r}")
+            return RowResult(None, inspection, C.STATUS_FAILED, "none", seed, "; ".join(errors), removed)
+
+    def _columns(self, results: list[RowResult]) -> dict:
+        out = {name: [] for name in C.ADDED_COLUMNS}
+        for r in results:
+            ins = r.inspection
+            out[C.PRIVACY_FLAG].append(True if ins is None else bool(ins.flagged))
+            out[C.PRIVACY_CATEGORIES].append([] if ins is None else list(ins.categories))
+            out[C.PRIVACY_REVIEW].append([] if ins is None else [{"item": i.item, "reason": i.reason} for i in ins.review])
+            out[C.PRIVACY_REGIONS].append([] if ins is None else [reg.to_row() for reg in ins.regions])
+            out[C.PRIVATE_CAPTION].append(None if ins is None else ins.private_caption)
+            out[C.PUBLIC_CAPTION].append(None if ins is None else ins.public_caption)
+            out[C.EDIT_INSTRUCTION].append(None if ins is None else ins.edit_instruction)
+            out[C.ANONYMIZATION].append(
+                {
+                    "status": r.status,
+                    "editor": r.editor,
+                    "seed": r.seed,
+                    "caption_source": C.CAPTION_NONE if ins is None else ins.caption_source,
+                    "error": r.error,
+                }
+            )
+            out[C.METADATA_REMOVED].append(list(r.metadata_removed))
+        return out
+
+
+def _restore(state: dict) -> Unsafe2Safe:
+    if state.get("version") != __version__:
+        warnings.warn(
+            f"Unsafe2Safe was pickled by hf_unsafe2safe {state.get('version')} and is restored by {__version__}",
+            stacklevel=2,
+        )
+    return Unsafe2Safe(PipelineConfig.from_dict(state["config"]))

@@ -1,0 +1,202 @@
+"""Image I/O: safe decoding with clear per-row errors, pass-through, and encoding in the source format."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metadata import STRIPPERS, MetadataError, MetadataFindings, read_findings
+
+logger = logging.getLogger(__name__)
+
+# modes whose pixels we edit as they are; the rest are converted to the mode named here first
+_EDIT_MODE = {"P": "RGBA", "PA": "RGBA", "1": "L", "RGBX": "RGB", "La": "LA", "RGBa": "RGBA"}
+# formats whose edited result is written losslessly (quality settings do not apply)
+_LOSSLESS_SAVE = {"PNG": {}, "TIFF": {"compression": "tiff_lzw"}, "BMP": {}, "GIF": {}}
+
+
+class InvalidImage(ValueError):
+    """The row's image cannot be read: the row gets status invalid_input with this message."""
+
+
+@dataclass
+class DecodedImage:
+    """One source image, decoded once, with what the pipeline needs to know about it."""
+
+    data: bytes  # the source file, untouched
+    format: str  # PIL format name of the source (JPEG, PNG, ...)
+    mode: str  # PIL mode of the source pixels
+    image: "object"  # PIL image in display orientation (EXIF rotation applied), source mode
+    orientation: int  # EXIF orientation of the source (1 = stored upright)
+    metadata: MetadataFindings = field(default_factory=MetadataFindings)
+    sha256: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def image_bytes(value) -> tuple[bytes | None, str | None]:
+    """The file bytes of an image cell: ``{"bytes", "path"}`` (undecoded column), a path, or raw bytes.
+
+    Returns ``(None, reason)`` for a PIL image (already decoded: the original file is gone) or ``None``.
+    """
+    if value is None:
+        return None, "image is missing (None)"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), None
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return bytes(value["bytes"]), None
+        if value.get("path"):
+            return _read_path(value["path"]), None
+        return None, "image cell has neither bytes nor path"
+    if isinstance(value, str):
+        return _read_path(value), None
+    return None, None
+
+
+def _read_path(path: str) -> bytes:
+    from datasets.utils.file_utils import xopen
+
+    with xopen(path, "rb") as f:
+        return f.read()
+
+
+def decode(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode ``data`` fully, or raise InvalidImage with a message a user can act on."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise InvalidImage("image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise InvalidImage(f"decompression bomb refused by Pillow: {err}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InvalidImage(f"not a readable image: {err}") from err
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InvalidImage(f"image has {w}x{h} = {w * h} pixels, above max_image_pixels={max_pixels} (decompression-bomb guard)")
+    if w < 1 or h < 1:
+        raise InvalidImage(f"image has an empty size {w}x{h}")
+    fmt = img.format or "PNG"
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1 and fmt != "MPO":
+        raise InvalidImage(f"{fmt} image has {frames} frames; multi-frame images are not supported")
+    try:
+        metadata = read_findings(img)
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except Exception as err:  # truncated or corrupt pixel data
+        raise InvalidImage(f"image data could not be decoded: {err}") from err
+    mode = img.mode
+    if orientation not in range(1, 9):
+        orientation = 1
+    shown = ImageOps.exif_transpose(img) if orientation != 1 else img
+    return DecodedImage(
+        data=data,
+        format="JPEG" if fmt == "MPO" else fmt,
+        mode=mode,
+        image=shown,
+        orientation=orientation,
+        metadata=metadata,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def to_rgb8(img) -> np.ndarray:
+    """An RGB uint8 array for the detectors, whatever the source mode."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        else:
+            arr = arr / 257.0 if arr.max() > 255 else arr
+        gray = np.clip(arr, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "P") or "transparency" in img.info:
+        from PIL import Image
+
+        rgba = img.convert("RGBA")
+        # transparent pixels are composited on white so hidden content stays out of the detectors' way
+        # as it would for a viewer
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return np.asarray(canvas.convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def to_edit_array(img) -> tuple[np.ndarray, str]:
+    """Pixels in the mode we edit in (the source mode wherever numpy can hold it)."""
+    mode = _EDIT_MODE.get(img.mode, img.mode)
+    work = img if mode == img.mode else img.convert(mode)
+    return np.array(work), mode
+
+
+def from_edit_array(arr: np.ndarray, mode: str):
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    return Image.frombytes(mode, (w, h), np.ascontiguousarray(arr).tobytes())
+
+
+def encode(img, source: DecodedImage, jpeg_quality: int) -> bytes:
+    """Encode an edited image in the source's format (lossless where the format is, JPEG at ``jpeg_quality``)."""
+    fmt = source.format
+    params: dict = {}
+    icc = source.image.info.get("icc_profile")
+    if fmt == "JPEG":
+        if img.mode not in ("L", "RGB", "CMYK"):
+            img = img.convert("RGB")
+        params = {"quality": jpeg_quality, "subsampling": 0, "optimize": True}
+    elif fmt == "WEBP":
+        lossless = source.data[12:16] == b"VP8L"
+        params = {"lossless": True} if lossless else {"quality": jpeg_quality, "method": 4}
+    elif fmt in _LOSSLESS_SAVE:
+        params = dict(_LOSSLESS_SAVE[fmt])
+    else:
+        fmt, params = "PNG", {}  # formats Pillow cannot write fall back to lossless PNG
+    if icc and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        params["icc_profile"] = icc
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def pass_through(source: DecodedImage) -> tuple[bytes, bool]:
+    """The source bytes with identifying metadata removed losslessly.
+
+    Returns ``(bytes, reencoded)``; ``reencoded`` is True only for formats whose metadata we cannot drop
+    at the container level and that carried some: those are re-written losslessly (same pixels).
+    """
+    stripper = STRIPPERS.get(source.format)
+    if stripper is not None:
+        try:
+            return stripper(source.data, source.orientation), False
+        except MetadataError as err:
+            logger.warning("lossless metadata removal failed (%s); re-encoding without metadata", err)
+    elif not source.metadata.removed:
+        return source.data, False
+    from PIL import Image
+
+    opened = Image.open(io.BytesIO(source.data))
+    opened.load()
+    # a plain copy with a fresh info dict: some writers (TIFF) copy XMP/IPTC from the file they came from
+    pixels = opened.copy()
+    pixels.info = {k: v for k, v in opened.info.items() if k in ("icc_profile", "transparency", "dpi")}
+    fmt = source.format if source.format in _LOSSLESS_SAVE else "PNG"
+    buf = io.BytesIO()
+    pixels.save(buf, format=fmt, **_LOSSLESS_SAVE.get(fmt, {}))
+    return buf.getvalue(), True
