@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from . import columns as C
 from .config import PipelineConfig
+from .utils.images import describe_error
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class Unsafe2Safe:
         try:
             data, err = image_bytes(cell)
         except (OSError, ValueError) as exc:
-            return None, f"image could not be read: {exc}"
+            return None, f"image could not be read: {describe_error(exc)}"
         if data is None and err is None:  # a decoded PIL image: its original bytes are gone
             if not self._warned_decoded:
                 logger.warning(
@@ -147,7 +148,7 @@ class Unsafe2Safe:
             try:
                 cell.save(buf, format="PNG")
             except Exception as exc:  # noqa: BLE001 - any failure becomes this row's status
-                return None, f"decoded image could not be serialised: {exc}"
+                return None, f"decoded image could not be serialised: {describe_error(exc)}"
             return buf.getvalue(), None
         return data, err
 
@@ -187,7 +188,7 @@ class Unsafe2Safe:
                 inspection = inspector.inspect(source)
             except Exception as exc:  # noqa: BLE001
                 logger.exception("inspection failed")
-                inspection = Inspection(flagged=True, error=f"inspection failed: {exc!r}", caption_source=C.CAPTION_NONE)
+                inspection = Inspection(flagged=True, error=f"inspection failed: {describe_error(exc)}", caption_source=C.CAPTION_NONE)
             # 3. Stage 2 for flagged rows only; unflagged rows keep their bytes
             result = self._finish(source, inspection, editor, seed)
             result.original = original
@@ -219,14 +220,14 @@ class Unsafe2Safe:
                 return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, editor.name, seed, None, removed)
             except Exception as exc:  # noqa: BLE001
                 logger.exception("region edit failed; using the whole-image fallback")
-                errors.append(f"region edit failed: {exc!r}")
+                errors.append(f"region edit failed: {describe_error(exc)}")
         try:
             pixels, mode = to_edit_array(source.image)
             data = encode(from_edit_array(editor.fallback(pixels), mode), source, quality)
             return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_FALLBACK, f"{editor.name}-fallback", seed, "; ".join(errors), removed)
         except Exception as exc:  # noqa: BLE001
             logger.exception("fallback edit failed; emptying the image")
-            errors.append(f"fallback failed: {exc!r}")
+            errors.append(f"fallback failed: {describe_error(exc)}")
             return RowResult(None, inspection, C.STATUS_FAILED, "none", seed, "; ".join(errors), removed)
 
     def _columns(self, results: list[RowResult]) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -80,8 +81,10 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:
         raise InvalidImage(f"decompression bomb refused by Pillow: {err}") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InvalidImage(f"not a readable image: {err}") from err
+    except UnidentifiedImageError as err:
+        raise InvalidImage(f"not a readable image: Pillow recognises no image format (file starts with {data[:8]!r})") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InvalidImage(f"not a readable image: {describe_error(err)}") from err
     w, h = img.size
     if w * h > max_pixels:
         raise InvalidImage(f"image has {w}x{h} = {w * h} pixels, above max_image_pixels={max_pixels} (decompression-bomb guard)")
@@ -98,7 +101,7 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
     except Exception as err:  # truncated or corrupt pixel data
-        raise InvalidImage(f"image data could not be decoded: {err}") from err
+        raise InvalidImage(f"image data could not be decoded: {describe_error(err)}") from err
     mode = img.mode
     if orientation not in range(1, 9):
         orientation = 1
@@ -112,6 +115,11 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         metadata=metadata,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def describe_error(err: Exception) -> str:
+    """The error as text without object addresses, so that the same input gives the same row."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(err).__name__}: {err}")
 
 
 def to_rgb8(img) -> np.ndarray:

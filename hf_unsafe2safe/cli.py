@@ -1,0 +1,187 @@
+"""``unsafe2safe``: the command line, thin over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+
+from .config import DETECTORS, EDIT_METHODS, PRESETS, STRENGTHS
+
+EPILOG = """\
+examples:
+  unsafe2safe demo --output unsafe2safe_demo
+  unsafe2safe anonymize ./photos --output ./photos_safe --num-proc 2
+  unsafe2safe anonymize user/dataset --split train --image-column img --output ./safe
+  unsafe2safe anonymize ./saved_ds --output ./safe --detectors faces --set editor.strength=medium
+"""
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="lite", choices=sorted(PRESETS), help="configuration preset (default: lite, the embedded CPU default that downloads nothing)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per map batch (default: 16)")
+    p.add_argument("--num-proc", type=int, default=1, help="worker processes for datasets.map (default: 1; 2 uses both cores of a 2-core machine)")
+    p.add_argument("--seed", type=int, default=0, help="global seed; each row's seed derives from it and the image content (default: 0)")
+    p.add_argument("--detectors", default=None, help=f"comma-separated lite detectors to run, among {','.join(DETECTORS)} (default: all)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "override any config field, dotted for sections, VALUE parsed as JSON when it can be, e.g. "
+            "inspector.face_threshold=0.4, editor.strength=medium (low|medium|high), "
+            f"editor.methods={{\"people\":\"blur\"}} (methods: {', '.join(EDIT_METHODS)}; strengths: {', '.join(STRENGTHS)}); repeatable"
+        ),
+    )
+    p.add_argument("--keep-original", action="store_true", help="also keep the source image in an `original_image` column (local review only; never publish it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unsafe2safe",
+        description="Find privacy-prone images in a dataset and rewrite only their sensitive regions (Unsafe2Safe).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser(
+        "anonymize",
+        help="anonymize a dataset and save it with save_to_disk",
+        description=(
+            "Anonymize every row of SOURCE and save the result to DIR with save_to_disk: same rows, same order, the "
+            "image column replaced by the safe image, plus privacy_* columns, the caption triplet and an "
+            "`anonymization` status per row. Prints a summary; writes DIR/unsafe2safe_run.json."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    a.add_argument("source", metavar="SOURCE", help="a Hub dataset id, a local folder of images (imagefolder) or a save_to_disk directory")
+    a.add_argument("--output", "-o", required=True, metavar="DIR", help="directory that receives the anonymized dataset (save_to_disk)")
+    a.add_argument("--split", "-s", default=None, help="split to anonymize (default: every split)")
+    a.add_argument("--image-column", "-c", default=None, help="image column (default: the dataset's only Image column)")
+    a.add_argument("--preview", default=None, metavar="PREVIEW_DIR", help="also write a before/after preview (preview.html, preview.png) here; it shows the private originals, keep it local")
+    a.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    _add_run_options(a)
+
+    d = sub.add_parser(
+        "demo",
+        help="anonymize a small built-in dataset of real and rendered photos and write a preview",
+        description=(
+            "Build a small dataset from real photos shipped by scikit-image and rendered images carrying a fictitious "
+            "name, phone number, address, ID number, licence plate and EXIF GPS; anonymize it; save it with "
+            "save_to_disk to OUTPUT/dataset; write OUTPUT/preview.html and OUTPUT/preview.png."
+        ),
+    )
+    d.add_argument("--output", "-o", default="unsafe2safe_demo", metavar="OUTPUT", help="output directory (default: ./unsafe2safe_demo)")
+    _add_run_options(d)
+    return parser
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def config_from_args(args, image_column: str):
+    from .transform import Unsafe2Safe
+
+    overrides: dict = {"image_column": image_column, "seed": args.seed, "keep_original": args.keep_original}
+    if args.detectors:
+        chosen = [d.strip() for d in args.detectors.split(",") if d.strip()]
+        unknown = set(chosen) - set(DETECTORS)
+        if unknown:
+            raise SystemExit(f"error: Got {sorted(unknown)} for --detectors; choose among {','.join(DETECTORS)}")
+        overrides["inspector"] = {name: name in chosen for name in DETECTORS}
+    for item in args.overrides:
+        if "=" not in item:
+            raise SystemExit(f"error: Got {item!r} for --set; expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        node = overrides
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(value)
+    try:
+        return Unsafe2Safe.from_preset(args.preset, **overrides)
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"error: {err}") from err
+
+
+def _prepare_output(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and os.listdir(path):
+        if not overwrite:
+            raise SystemExit(f"error: {path!r} exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(path)
+
+
+def cmd_anonymize(args) -> int:
+    from .pipeline import anonymize_dataset, find_image_column, format_summary, load_source, summarize, write_run_config
+
+    _prepare_output(args.output, args.overwrite)
+    try:
+        source = load_source(args.source, args.split)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from err
+    first = source[next(iter(source))] if hasattr(source, "keys") else source
+    try:
+        column = find_image_column(first, args.image_column)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    anonymize = config_from_args(args, column)
+    safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
+    safe.save_to_disk(args.output)
+    summary = summarize(safe)
+    write_run_config(args.output, anonymize, args.source, summary)
+    if args.preview:
+        from .preview import write_preview
+
+        parts = source.items() if hasattr(source, "keys") else [(None, source)]
+        for name, part in parts:
+            out = os.path.join(args.preview, name) if name else args.preview
+            write_preview(part, safe[name] if name else safe, out, column)
+        print(f"preview: {args.preview}")
+    print(format_summary(summary))
+    print(f"saved: {args.output}  (datasets.load_from_disk({args.output!r}))")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import build_demo_dataset
+    from .pipeline import anonymize_dataset, format_summary, summarize, write_run_config
+    from .preview import write_preview
+
+    os.makedirs(args.output, exist_ok=True)
+    target = os.path.join(args.output, "dataset")
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    source = build_demo_dataset()
+    anonymize = config_from_args(args, "image")
+    safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
+    safe.save_to_disk(target)
+    summary = summarize(safe)
+    write_run_config(target, anonymize, "built-in demo", summary)
+    paths = write_preview(source, safe, args.output, "image")
+    print(format_summary(summary))
+    print(f"saved: {target}  (datasets.load_from_disk({target!r}))")
+    print(f"preview: {paths['html']}  and  {paths['png']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = {"anonymize": cmd_anonymize, "demo": cmd_demo}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

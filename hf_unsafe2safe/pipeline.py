@@ -1,0 +1,131 @@
+"""Whole-dataset helpers around the transform: load a source, run the map, summarise the result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+from . import columns as C
+from .transform import Unsafe2Safe
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def load_source(source: str, split: str | None = None):
+    """A ``Dataset`` or ``DatasetDict`` from a ``save_to_disk`` directory, an image folder or a Hub dataset id."""
+    import datasets
+
+    path = Path(source)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if split is None:
+            return loaded
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"Got {split!r} for `split`; {source!r} has splits {sorted(loaded)}")
+            return loaded[split]
+        if loaded.split is not None and str(loaded.split) != split:
+            raise ValueError(f"Got {split!r} for `split`; {source!r} holds a single split, {loaded.split}")
+        return loaded
+    if path.is_dir():
+        if not any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file()):
+            raise ValueError(f"{source!r} is a directory but neither a save_to_disk dataset nor a folder of images")
+        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+    if path.exists():
+        raise ValueError(f"{source!r} is a file; give a folder of images, a save_to_disk directory or a Hub dataset id")
+    return datasets.load_dataset(source, split=split)
+
+
+def find_image_column(dataset, requested: str | None) -> str:
+    """The requested column, or the only ``Image`` column of the dataset."""
+    from datasets import Image
+
+    features = dataset.features
+    if requested is not None:
+        if requested not in features:
+            raise ValueError(f"Got {requested!r} for `image_column`; the dataset has columns {sorted(features)}")
+        return requested
+    images = [name for name, feat in features.items() if isinstance(feat, Image)]
+    if len(images) != 1:
+        raise ValueError(f"Cannot tell the image column (Image columns: {images}); pass `image_column`")
+    return images[0]
+
+
+def anonymize_dataset(dataset, anonymize: Unsafe2Safe, batch_size: int = 16, num_proc: int | None = None, desc: str = "Unsafe2Safe"):
+    """``prepare`` + ``map`` with the right features; works on a ``Dataset`` or a ``DatasetDict``."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return datasets.DatasetDict(
+            {name: anonymize_dataset(part, anonymize, batch_size, num_proc, f"{desc} [{name}]") for name, part in dataset.items()}
+        )
+    prepared = anonymize.prepare(dataset)
+    features = anonymize.output_features(dataset.features)
+    if len(prepared) == 0:
+        # datasets.map skips the function on an empty dataset and keeps the input schema
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=dataset.split)
+    return prepared.map(
+        anonymize,
+        batched=True,
+        batch_size=batch_size,
+        with_rank=True,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(prepared) > 1 else None,
+        features=features,
+        desc=desc,
+    )
+
+
+def summarize(dataset) -> dict:
+    """Counts per status and per category of an anonymized ``Dataset`` (or ``DatasetDict``)."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return {name: summarize(part) for name, part in dataset.items()}
+    table = dataset.select_columns([C.PRIVACY_FLAG, C.PRIVACY_CATEGORIES, C.ANONYMIZATION])
+    statuses, categories = Counter(), Counter()
+    flagged = 0
+    for row in table.iter(batch_size=1000):
+        flagged += sum(bool(f) for f in row[C.PRIVACY_FLAG])
+        statuses.update(a["status"] for a in row[C.ANONYMIZATION])
+        for cats in row[C.PRIVACY_CATEGORIES]:
+            categories.update(cats)
+    return {
+        "rows": len(dataset),
+        "flagged": flagged,
+        "statuses": {s: statuses.get(s, 0) for s in C.STATUSES},
+        "categories": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    if "rows" not in summary:
+        return "\n\n".join(f"[{name}]\n{format_summary(part)}" for name, part in summary.items())
+    s = summary["statuses"]
+    lines = [
+        f"rows            {summary['rows']}",
+        f"flagged         {summary['flagged']}",
+        f"edited          {s[C.STATUS_EDITED]}",
+        f"passed through  {s[C.STATUS_PASSED]}",
+        f"fallback        {s[C.STATUS_FALLBACK]}",
+        f"failed          {s[C.STATUS_FAILED]}",
+        f"invalid input   {s[C.STATUS_INVALID]}",
+    ]
+    if summary["categories"]:
+        lines.append("per category:")
+        lines += [f"  {cat:<20}{n}" for cat, n in summary["categories"].items()]
+    return "\n".join(lines)
+
+
+def write_run_config(output_dir: str, anonymize: Unsafe2Safe, source: str, summary: dict) -> str:
+    """``unsafe2safe_run.json`` next to the saved dataset: config, versions, prompt hashes, counts."""
+    state = anonymize.fingerprint_state()
+    record = {"source": source, **state, "summary": summary}
+    path = os.path.join(output_dir, "unsafe2safe_run.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    return path

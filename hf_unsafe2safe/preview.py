@@ -1,0 +1,126 @@
+"""Before/after previews a person can look at: an HTML page and a PNG contact sheet.
+
+The source images shown here are the private originals: previews are for local review, never publish them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+
+from . import columns as C
+
+THUMB = 320
+_STATUS_COLOUR = {
+    C.STATUS_PASSED: (46, 125, 50),
+    C.STATUS_EDITED: (21, 101, 192),
+    C.STATUS_FALLBACK: (239, 108, 0),
+    C.STATUS_FAILED: (198, 40, 40),
+    C.STATUS_INVALID: (120, 120, 120),
+}
+
+
+def _open(cell):
+    from PIL import Image, ImageOps
+
+    if cell is None:
+        return None
+    if isinstance(cell, dict):
+        data = cell.get("bytes")
+        if data is None and cell.get("path"):
+            with open(cell["path"], "rb") as f:
+                data = f.read()
+        if not data:
+            return None
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Exception:  # noqa: BLE001 - an unreadable source is shown as a placeholder
+            return None
+    else:
+        img = cell
+    return ImageOps.exif_transpose(img)
+
+
+def _thumb(img, regions=None):
+    from PIL import Image, ImageDraw
+
+    if img is None:
+        canvas = Image.new("RGB", (THUMB, THUMB * 3 // 4), (230, 230, 230))
+        ImageDraw.Draw(canvas).text((10, 10), "no image", fill=(90, 90, 90))
+        return canvas
+    rgb = img.convert("RGB")
+    scale = THUMB / max(rgb.size)
+    small = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
+    if regions:
+        draw = ImageDraw.Draw(small)
+        for reg in regions:
+            x0, y0, x1, y1 = (v * scale for v in reg["box"])
+            colour = (230, 30, 30) if reg["category"] == "people" else (255, 170, 0)
+            draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+    return small
+
+
+def _b64(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_preview(original, anonymized, out_dir: str, image_column: str = "image", limit: int = 48) -> dict:
+    """Write ``preview.html`` and ``preview.png`` (before with detected boxes | after) for the first ``limit`` rows."""
+    from datasets import Image as ImageFeature
+    from PIL import Image, ImageDraw
+
+    os.makedirs(out_dir, exist_ok=True)
+    n = min(limit, len(anonymized))
+    src = original.cast_column(image_column, ImageFeature(decode=False)).select(range(n))
+    dst = anonymized.cast_column(image_column, ImageFeature(decode=False)).select(range(n))
+    rows_html, pairs = [], []
+    for before_cell, row in zip(src[image_column], dst):
+        an = row[C.ANONYMIZATION]
+        before = _thumb(_open(before_cell), row[C.PRIVACY_REGIONS])
+        after = _thumb(_open(row[image_column]))
+        pairs.append((before, after, an["status"], ", ".join(row[C.PRIVACY_CATEGORIES]) or "-"))
+        review = "".join(f"<li>{html.escape(i['item'])}: {html.escape(i['reason'])}</li>" for i in row[C.PRIVACY_REVIEW])
+        rows_html.append(
+            "<tr>"
+            f"<td><img src='data:image/jpeg;base64,{_b64(before)}'></td>"
+            f"<td><img src='data:image/jpeg;base64,{_b64(after)}'></td>"
+            f"<td><b class='s-{an['status']}'>{an['status']}</b> ({html.escape(an['editor'])})<br>"
+            f"<b>categories:</b> {html.escape(', '.join(row[C.PRIVACY_CATEGORIES]) or '-')}<ul>{review}</ul>"
+            f"<b>private caption:</b> {html.escape(row[C.PRIVATE_CAPTION] or '')}<br>"
+            f"<b>public caption:</b> {html.escape(row[C.PUBLIC_CAPTION] or '')}<br>"
+            f"<b>edit instruction:</b> {html.escape(row[C.EDIT_INSTRUCTION] or '')}<br>"
+            f"<small>caption source: {an['caption_source']}; metadata removed: {html.escape(', '.join(row[C.METADATA_REMOVED]) or '-')}"
+            f"{'; error: ' + html.escape(an['error']) if an['error'] else ''}</small></td>"
+            "</tr>"
+        )
+    style = "".join(f".s-{s}{{color:rgb{c}}}" for s, c in _STATUS_COLOUR.items())
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>Unsafe2Safe preview</title>"
+        f"<style>body{{font-family:sans-serif}}td{{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}}{style}</style>"
+        f"<h1>Unsafe2Safe: before / after ({n} of {len(anonymized)} rows)</h1>"
+        "<p>Left: the source with the detected sensitive regions boxed (red: people, orange: text). "
+        "Right: the published image. The left column shows private originals: keep this page local.</p>"
+        f"<table><tr><th>before</th><th>after</th><th>row</th></tr>{''.join(rows_html)}</table>"
+    )
+    html_path = os.path.join(out_dir, "preview.html")
+    with open(html_path, "w", encoding="utf-8") as f:
+        f.write(page)
+    # contact sheet: pairs side by side, a caption line under each
+    cols = 2
+    cell_w, cell_h = 2 * THUMB + 10, THUMB + 24
+    rows = max(1, (len(pairs) + cols - 1) // cols)
+    sheet = Image.new("RGB", (cols * cell_w + 10, rows * cell_h + 10), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (before, after, status, cats) in enumerate(pairs):
+        x, y = 10 + (i % cols) * cell_w, 10 + (i // cols) * cell_h
+        sheet.paste(before, (x, y))
+        sheet.paste(after, (x + THUMB + 4, y))
+        draw.text((x, y + max(before.height, after.height) + 4), f"{status}: {cats}", fill=_STATUS_COLOUR.get(status, (0, 0, 0)))
+    png_path = os.path.join(out_dir, "preview.png")
+    sheet.save(png_path)
+    return {"html": html_path, "png": png_path}
