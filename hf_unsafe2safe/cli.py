@@ -124,7 +124,7 @@ def _prepare_output(path: str, overwrite: bool) -> None:
 
 
 def cmd_anonymize(args) -> int:
-    from .pipeline import anonymize_dataset, find_image_column, format_summary, load_source, summarize, write_run_config
+    from .pipeline import anonymize_dataset, find_image_column, format_summary, load_source, summarize, write_run_record
 
     _prepare_output(args.output, args.overwrite)
     try:
@@ -140,7 +140,7 @@ def cmd_anonymize(args) -> int:
     safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
     safe.save_to_disk(args.output)
     summary = summarize(safe)
-    write_run_config(args.output, anonymize, args.source, summary)
+    write_run_record(args.output, anonymize, args.source, summary)
     if args.preview:
         from .preview import write_preview
 
@@ -156,7 +156,7 @@ def cmd_anonymize(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import build_demo_dataset
-    from .pipeline import anonymize_dataset, format_summary, summarize, write_run_config
+    from .pipeline import anonymize_dataset, format_summary, summarize, write_run_record
     from .preview import write_preview
 
     os.makedirs(args.output, exist_ok=True)
@@ -168,7 +168,7 @@ def cmd_demo(args) -> int:
     safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
     safe.save_to_disk(target)
     summary = summarize(safe)
-    write_run_config(target, anonymize, "built-in demo", summary)
+    write_run_record(target, anonymize, "built-in demo", summary)
     paths = write_preview(source, safe, args.output, "image")
     print(format_summary(summary))
     print(f"saved: {target}  (datasets.load_from_disk({target!r}))")

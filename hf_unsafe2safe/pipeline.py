@@ -121,11 +121,17 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_run_config(output_dir: str, anonymize: Unsafe2Safe, source: str, summary: dict) -> str:
-    """``unsafe2safe_run.json`` next to the saved dataset: config, versions, prompt hashes, counts."""
+def write_run_record(output_dir: str, anonymize: Unsafe2Safe, source: str, summary: dict) -> dict:
+    """Next to the saved dataset: ``unsafe2safe_run.json`` (config, version, prompt hashes, counts) and a
+    dataset card ``README.md``."""
+    from .hub import render_dataset_card
+
     state = anonymize.fingerprint_state()
     record = {"source": source, **state, "summary": summary}
-    path = os.path.join(output_dir, "unsafe2safe_run.json")
-    with open(path, "w") as f:
+    run_path = os.path.join(output_dir, "unsafe2safe_run.json")
+    with open(run_path, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)
-    return path
+    card_path = os.path.join(output_dir, "README.md")
+    with open(card_path, "w", encoding="utf-8") as f:
+        f.write(render_dataset_card(anonymize, source, summary))
+    return {"run": run_path, "card": card_path}

@@ -1,0 +1,100 @@
+"""The `unsafe2safe` command line on real files: image folders, save_to_disk directories, the demo."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import encode, image_dataset
+
+from hf_unsafe2safe import columns as C
+from hf_unsafe2safe.cli import main
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """An imagefolder with two labels: a real face photo, rendered text, and plain images."""
+    from skimage import data
+
+    from hf_unsafe2safe import demo
+
+    root = tmp_path_factory.mktemp("folder")
+    (root / "people").mkdir()
+    (root / "things").mkdir()
+    (root / "people" / "a_astronaut.jpg").write_bytes(encode(data.astronaut()))
+    (root / "things" / "b_note.png").write_bytes(encode(demo.letter(), "PNG"))
+    gradient = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (90, 1, 3))
+    (root / "things" / "c_plain.jpg").write_bytes(encode(gradient))
+    return root
+
+
+def test_anonymize_an_image_folder(image_folder, tmp_path, capsys):
+    import datasets
+
+    out_dir = tmp_path / "safe"
+    assert main(["anonymize", str(image_folder), "--output", str(out_dir), "--split", "train", "--preview", str(tmp_path / "preview")]) == 0
+    printed = capsys.readouterr().out
+    assert "rows            3" in printed and "flagged         2" in printed and "people" in printed
+    safe = datasets.load_from_disk(str(out_dir))
+    source = datasets.load_dataset("imagefolder", data_dir=str(image_folder), split="train")
+    assert len(safe) == len(source)
+    assert safe["label"] == source["label"]  # same rows in the same order
+    assert [a["status"] for a in safe[C.ANONYMIZATION]] == [C.STATUS_EDITED, C.STATUS_EDITED, C.STATUS_PASSED]
+    run = json.loads((out_dir / "unsafe2safe_run.json").read_text())
+    assert run["config"]["preset"] == "lite" and run["summary"]["rows"] == 3
+    card = (out_dir / "README.md").read_text()
+    assert card.startswith("---\n") and "unsafe2safe-lite" in card and "| flagged as privacy-prone | 2 |" in card
+    assert (tmp_path / "preview" / "preview.html").stat().st_size > 1000
+    assert (tmp_path / "preview" / "preview.png").exists()
+
+
+def test_anonymize_a_save_to_disk_directory_with_options(tmp_path, capsys):
+    import datasets
+    from skimage import data
+
+    src = tmp_path / "src"
+    image_dataset([encode(data.astronaut()[::2, ::2])], name=["x"]).rename_column("image", "photo").save_to_disk(str(src))
+    out_dir = tmp_path / "safe"
+    args = ["anonymize", str(src), "-o", str(out_dir), "--image-column", "photo", "--detectors", "faces",
+            "--set", "editor.strength=medium", "--set", 'editor.methods={"people": "blur"}', "--seed", "4"]
+    assert main(args) == 0
+    safe = datasets.load_from_disk(str(out_dir))
+    assert safe["name"] == ["x"]
+    run = json.loads((out_dir / "unsafe2safe_run.json").read_text())
+    assert run["config"]["inspector"]["text"] is False
+    assert run["config"]["editor"]["methods"]["people"] == "blur"
+    assert run["config"]["seed"] == 4
+    # refuses to overwrite without --overwrite
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(args)
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_bad_options_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="--detectors"):
+        main(["demo", "--output", str(tmp_path), "--detectors", "faces,pets"])
+    with pytest.raises(SystemExit, match="editor.strength"):
+        main(["demo", "--output", str(tmp_path), "--set", "editor.strength=max"])
+    with pytest.raises(SystemExit, match="neither"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        main(["anonymize", str(empty), "--output", str(tmp_path / "o")])
+
+
+def test_demo_writes_dataset_and_preview(tmp_path, capsys):
+    import datasets
+
+    assert main(["demo", "--output", str(tmp_path)]) == 0
+    safe = datasets.load_from_disk(str(tmp_path / "dataset"))
+    assert len(safe) == 9
+    statuses = [a["status"] for a in safe[C.ANONYMIZATION]]
+    assert statuses.count(C.STATUS_EDITED) >= 4 and C.STATUS_FAILED not in statuses
+    assert (tmp_path / "preview.html").exists() and (tmp_path / "preview.png").exists()
+    assert "preview" in capsys.readouterr().out
+
+
+def test_entry_point_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "hf_unsafe2safe.cli", "anonymize", "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--output", "--split", "--image-column", "--preset", "--batch-size", "--num-proc", "--seed", "--detectors", "--set", "--preview", "--overwrite", "--keep-original"):
+        assert option in out
