@@ -110,17 +110,21 @@ def write_preview(original, anonymized, out_dir: str, image_column: str = "image
     html_path = os.path.join(out_dir, "preview.html")
     with open(html_path, "w", encoding="utf-8") as f:
         f.write(page)
-    # contact sheet: pairs side by side, a caption line under each
-    cols = 2
-    cell_w, cell_h = 2 * THUMB + 10, THUMB + 24
-    rows = max(1, (len(pairs) + cols - 1) // cols)
-    sheet = Image.new("RGB", (cols * cell_w + 10, rows * cell_h + 10), "white")
+    # contact sheet: two before|after pairs per line, a status line under each, lines as tall as their images
+    cols, gap, label_h = 2, 10, 18
+    cell_w = 2 * THUMB + 4 + gap
+    lines = [pairs[i : i + cols] for i in range(0, len(pairs), cols)] or [[]]
+    heights = [max([max(b.height, a.height) for b, a, _, _ in line] or [THUMB // 2]) + label_h + gap for line in lines]
+    sheet = Image.new("RGB", (cols * cell_w + gap, sum(heights) + gap), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (before, after, status, cats) in enumerate(pairs):
-        x, y = 10 + (i % cols) * cell_w, 10 + (i // cols) * cell_h
-        sheet.paste(before, (x, y))
-        sheet.paste(after, (x + THUMB + 4, y))
-        draw.text((x, y + max(before.height, after.height) + 4), f"{status}: {cats}", fill=_STATUS_COLOUR.get(status, (0, 0, 0)))
+    y = gap
+    for line, height in zip(lines, heights):
+        for i, (before, after, status, cats) in enumerate(line):
+            x = gap + i * cell_w
+            sheet.paste(before, (x, y))
+            sheet.paste(after, (x + THUMB + 4, y))
+            draw.text((x, y + height - label_h - gap + 4), f"{status}: {cats}", fill=_STATUS_COLOUR.get(status, (0, 0, 0)))
+        y += height
     png_path = os.path.join(out_dir, "preview.png")
     sheet.save(png_path)
     return {"html": html_path, "png": png_path}
