@@ -23,7 +23,9 @@ _STATUS_COLOUR = {
 
 
 def _open(cell):
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from .utils.images import read_orientation, upright
 
     if cell is None:
         return None
@@ -41,7 +43,7 @@ def _open(cell):
             return None
     else:
         img = cell
-    return ImageOps.exif_transpose(img)
+    return upright(img, read_orientation(img))
 
 
 def _thumb(img, regions=None):

@@ -136,7 +136,10 @@ class Unsafe2Safe:
             data, err = image_bytes(cell)
         except (OSError, ValueError) as exc:
             return None, f"image could not be read: {describe_error(exc)}"
-        if data is None and err is None:  # a decoded PIL image: its original bytes are gone
+        if data is None and err is None:
+            if not hasattr(cell, "save"):
+                return None, f"unsupported image cell of type {type(cell).__name__}; expected bytes, a path, {{'bytes', 'path'}} or a PIL image"
+            # a decoded PIL image: its original bytes are gone
             if not self._warned_decoded:
                 logger.warning(
                     "The image column is decoded, so unflagged images cannot keep their original bytes; they are "
@@ -152,24 +155,32 @@ class Unsafe2Safe:
             return buf.getvalue(), None
         return data, err
 
-    def _runtime_parts(self):
-        if self._runtime is None:
-            from .editing.lite import RegionEditor
-            from .inspection.lite import LiteInspector
-            from .inspection.templates import TemplateCaptioner
-            from .taxonomy import load_taxonomy
+    def build_stages(self):
+        """``(inspector, editor)`` for this config; called once per process, on first use.
 
-            self._runtime = (
-                LiteInspector(self.config.inspector, load_taxonomy(), TemplateCaptioner()),
-                RegionEditor(self.config.editor),
-            )
+        The inspector has ``inspect(DecodedImage) -> Inspection``; the editor has ``name``,
+        ``edit(pixels, regions) -> (pixels, methods)`` and ``fallback(pixels) -> pixels``.
+        """
+        from .editing.lite import RegionEditor
+        from .inspection.lite import LiteInspector
+        from .inspection.templates import TemplateCaptioner
+        from .taxonomy import load_taxonomy
+
+        return (
+            LiteInspector(self.config.inspector, load_taxonomy(), TemplateCaptioner()),
+            RegionEditor(self.config.editor),
+        )
+
+    def stages(self):
+        if self._runtime is None:
+            self._runtime = self.build_stages()
         return self._runtime
 
     def _run(self, items: list[tuple[bytes | None, str | None]], rank: int | None) -> list[RowResult]:
         from .inspection.base import Inspection
         from .utils.images import InvalidImage, decode
 
-        inspector, editor = self._runtime_parts()
+        inspector, editor = self.stages()
         results: list[RowResult] = []
         for data, read_error in items:
             # 1. decode (bad input -> invalid_input, image emptied, the run goes on)

@@ -15,7 +15,7 @@ from ..inspection.base import Region
 
 # cells across the longer side of a region (pixelate) / box size divided by the blur sigma
 _PIXELATE_CELLS = {"low": 16, "medium": 10, "high": 6}
-_BLUR_DIVISOR = {"low": 16.0, "medium": 8.0, "high": 4.0}
+_BLUR_DIVISOR = {"low": 12.0, "medium": 6.0, "high": 3.0}
 # the whole-image fallback: this many cells across the longer side of the image
 FALLBACK_CELLS = 16
 

@@ -158,6 +158,20 @@ def _clip_box(x0, y0, x1, y1, w, h):
     return box
 
 
+FACE_COVER_LIMIT = 0.3
+
+
+def _covered(box, others) -> float:
+    """Share of ``box``'s area covered by the union of ``others`` (boxes)."""
+    if not others:
+        return 0.0
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    for ox0, oy0, ox1, oy1 in others:
+        mask[max(0, oy0 - y0) : max(0, oy1 - y0), max(0, ox0 - x0) : max(0, ox1 - x0)] = True
+    return float(mask.mean()) if mask.size else 0.0
+
+
 # what a recognised string looks like, in the order we test it
 _TEXT_KINDS = (
     ("email", re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")),
@@ -224,7 +238,10 @@ class LiteInspector:
                 labels.append("face_group")
                 review.append(ReviewItem(f"a group of {len(faces)} people", self.taxonomy.reason_for("face_group")))
         if c.text:
-            lines = self.text(rgb)
+            face_boxes = [r.box for r in regions if r.label == "face"]
+            # PP-OCR's detector also fires on rows of faces; faces are edited anyway, so a "text" box that
+            # lies mostly on faces is dropped (it would wipe out the photo around them)
+            lines = [line for line in self.text(rgb) if _covered(line[0], face_boxes) < FACE_COVER_LIMIT]
             kinds: dict[str, list[str]] = {}
             for box, score, text in lines:
                 label = classify_text(text)

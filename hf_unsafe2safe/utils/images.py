@@ -19,6 +19,25 @@ logger = logging.getLogger(__name__)
 _EDIT_MODE = {"P": "RGBA", "PA": "RGBA", "1": "L", "RGBX": "RGB", "La": "LA", "RGBa": "RGBA"}
 # formats whose edited result is written losslessly (quality settings do not apply)
 _LOSSLESS_SAVE = {"PNG": {}, "TIFF": {"compression": "tiff_lzw"}, "BMP": {}, "GIF": {}}
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L"}
+
+
+def upright(img, orientation: int):
+    """The image as displayed for an EXIF orientation (pixels only; the EXIF itself is not rewritten)."""
+    from PIL import Image
+
+    T = Image.Transpose
+    method = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90}.get(orientation)
+    return img if method is None else img.transpose(method)
+
+
+def read_orientation(img) -> int:
+    """EXIF orientation 1..8 (1 when absent, malformed or out of range)."""
+    try:
+        value = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - a malformed tag means "not rotated"
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 class InvalidImage(ValueError):
@@ -71,7 +90,7 @@ def _read_path(path: str) -> bytes:
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode ``data`` fully, or raise InvalidImage with a message a user can act on."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise InvalidImage("image file is empty (0 bytes)")
@@ -96,16 +115,15 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         raise InvalidImage(f"{fmt} image has {frames} frames; multi-frame images are not supported")
     try:
         metadata = read_findings(img)
-        orientation = int(img.getexif().get(0x0112, 1) or 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-    except Exception as err:  # truncated or corrupt pixel data
+    except Exception as err:  # truncated or corrupt pixel data, malformed metadata
         raise InvalidImage(f"image data could not be decoded: {describe_error(err)}") from err
     mode = img.mode
-    if orientation not in range(1, 9):
-        orientation = 1
-    shown = ImageOps.exif_transpose(img) if orientation != 1 else img
+    orientation = read_orientation(img)
+    # rotate the pixels only: Pillow's exif_transpose also rewrites the EXIF, which fails on malformed tags
+    shown = upright(img, orientation)
     return DecodedImage(
         data=data,
         format="JPEG" if fmt == "MPO" else fmt,
@@ -174,12 +192,17 @@ def encode(img, source: DecodedImage, jpeg_quality: int) -> bytes:
         params = {"lossless": True} if lossless else {"quality": jpeg_quality, "method": 4}
     elif fmt in _LOSSLESS_SAVE:
         params = dict(_LOSSLESS_SAVE[fmt])
-    else:
-        fmt, params = "PNG", {}  # formats Pillow cannot write fall back to lossless PNG
     if icc and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
         params["icc_profile"] = icc
     buf = io.BytesIO()
-    img.save(buf, format=fmt, **params)
+    try:
+        img.save(buf, format=fmt, **params)
+    except (OSError, KeyError, ValueError):
+        # a format Pillow cannot write, or a mode the format cannot hold: a lossless container that can
+        # (PNG for the common modes; TIFF holds float, CMYK, LAB, YCbCr)
+        buf = io.BytesIO()
+        fmt = "PNG" if img.mode in _PNG_MODES else "TIFF"
+        img.save(buf, format=fmt, **_LOSSLESS_SAVE[fmt], **({"icc_profile": icc} if icc else {}))
     return buf.getvalue()
 
 

@@ -52,7 +52,19 @@ class MetadataFindings:
 
 
 def read_findings(image) -> MetadataFindings:
-    """Inspect a PIL image (opened, not necessarily loaded) for identifying metadata."""
+    """Inspect a PIL image (opened, not necessarily loaded) for identifying metadata.
+
+    Metadata that cannot be parsed is treated as identifying (fail closed); it is removed all the same.
+    """
+    try:
+        return _read_findings(image)
+    except Exception:  # noqa: BLE001 - malformed tags of any kind
+        return MetadataFindings(
+            labels=["metadata:unreadable"], removed=["metadata (unreadable)"], items=["file metadata that could not be parsed"]
+        )
+
+
+def _read_findings(image) -> MetadataFindings:
     found = MetadataFindings()
     exif = image.getexif()
     if exif:
@@ -76,7 +88,8 @@ def read_findings(image) -> MetadataFindings:
         others = [name for tag, name in {**_IFD0_TIME, **_IFD0_DEVICE}.items() if exif.get(tag)]
         others += [name for tag, name in _EXIF_TIME.items() if sub.get(tag)]
         found.removed.extend(f"exif:{o}" for o in others)
-        if set(exif) - {_ORIENTATION} and not found.removed:
+        # a TIFF's IFD0 is its image structure, not metadata; elsewhere any other tag counts
+        if image.format != "TIFF" and set(exif) - {_ORIENTATION} and not found.removed:
             found.removed.append("exif")
     xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
     if xmp:
@@ -92,9 +105,13 @@ def read_findings(image) -> MetadataFindings:
         found.items.append("IPTC/Photoshop metadata block")
     if image.info.get("comment"):
         found.removed.append("comment")
-    for key in ("Author", "Comment", "Description", "Title", "Software", "Creation Time"):
+    for key in ("Author", "Comment", "Description", "Title", "Software", "Creation Time", "Copyright"):
         if isinstance(image.info.get(key), str):
             found.removed.append(f"text:{key}")
+    named = [key for key in ("Author", "Copyright") if isinstance(image.info.get(key), str)]
+    if named:
+        found.labels.append("metadata:owner")
+        found.items.append("author or owner named in the file's text chunks (" + ", ".join(named) + ")")
     if found.labels:
         found.labels = list(dict.fromkeys(found.labels))
     return found
