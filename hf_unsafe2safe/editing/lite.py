@@ -111,10 +111,19 @@ def _pixelate(patch: np.ndarray, cell: int, off_x: int, off_y: int) -> np.ndarra
 
 
 def _blur(patch: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur; wide blurs run on a downscaled copy (sigma ~2 px there), which costs a few ms instead of
+    a kernel hundreds of pixels wide, and upsampling adds no detail back."""
     import cv2
 
     sigma = max(1.0, sigma)
-    return cv2.GaussianBlur(patch, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE).reshape(patch.shape)
+    h, w = patch.shape[:2]
+    factor = max(1.0, sigma / 2.0)
+    small_w, small_h = max(1, int(round(w / factor))), max(1, int(round(h / factor)))
+    work = cv2.resize(patch, (small_w, small_h), interpolation=cv2.INTER_AREA) if factor > 1 else patch
+    blurred = cv2.GaussianBlur(work, (0, 0), sigmaX=sigma / factor, sigmaY=sigma / factor, borderType=cv2.BORDER_REPLICATE)
+    if factor > 1:
+        blurred = cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR)
+    return blurred.reshape(patch.shape)
 
 
 def _ring_mean(img: np.ndarray, core) -> np.ndarray:
