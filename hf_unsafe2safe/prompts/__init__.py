@@ -7,11 +7,23 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-PROMPT_FILES = ("lite_templates.json",)
+PROMPT_FILES = (
+    "lite_templates.json",
+    "inspect_v1.txt",
+    "repair_v1.txt",
+    "instruct_v1.txt",
+    "target_caption_v1.txt",
+    "box_formats.json",
+)
 
 
 def read_prompt(name: str) -> bytes:
     return resources.files(__name__).joinpath(name).read_bytes()
+
+
+@lru_cache(maxsize=None)
+def load_text(name: str) -> str:
+    return read_prompt(name).decode("utf-8")
 
 
 @lru_cache(maxsize=None)
