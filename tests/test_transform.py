@@ -231,3 +231,19 @@ def test_importing_the_package_does_not_import_heavy_libraries():
     code = "import sys, hf_unsafe2safe; print(sorted(m for m in ('torch', 'onnxruntime', 'cv2', 'datasets') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def _onnx_threads(batch):
+    from hf_unsafe2safe.inspection.lite import resolve_threads
+
+    return {"threads": [resolve_threads(0)] * len(batch["x"])}
+
+
+def test_onnx_uses_one_thread_per_datasets_worker():
+    from datasets import Dataset
+
+    from hf_unsafe2safe.inspection.lite import resolve_threads
+
+    out = Dataset.from_dict({"x": list(range(4))}).map(_onnx_threads, batched=True, batch_size=2, num_proc=2)
+    assert set(out["threads"]) == {1}  # two workers on two cores: no oversubscription
+    assert resolve_threads(0) >= 1 and resolve_threads(3) == 3

@@ -38,11 +38,23 @@ def resolve_threads(num_threads: int) -> int:
     """0 means: every core in the main process, one core in a `datasets` worker process."""
     if num_threads:
         return num_threads
+    if _in_worker_process():
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _in_worker_process() -> bool:
+    # `datasets` starts its num_proc workers with `multiprocess` (the dill-based fork of multiprocessing),
+    # whose process bookkeeping is separate from the standard library's: ask both
+    import importlib
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:
-        return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return True
+    try:
+        return importlib.import_module("multiprocess").parent_process() is not None
+    except ImportError:
+        return False
 
 
 class FaceDetector:
@@ -90,12 +102,13 @@ class TextDetector:
 
     source = "ppocrv4-det"
 
-    def __init__(self, max_side: int, threshold: float, read_text: bool, max_regions: int, min_chars: int = 0, num_threads: int = 0):
+    def __init__(self, min_side: int, max_side: int, threshold: float, read_text: bool, max_regions: int, min_chars: int = 0, num_threads: int = 0):
         import onnxruntime as ort
         import rapidocr_onnxruntime
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
         models = os.path.join(os.path.dirname(rapidocr_onnxruntime.__file__), "models")
+        self.min_side = min_side
         self.max_side = max_side
         self.max_regions = max_regions
         self.min_chars = min_chars
@@ -121,7 +134,8 @@ class TextDetector:
         import cv2
 
         h, w = rgb.shape[:2]
-        scale = self.max_side / max(h, w)
+        # native resolution, clamped: small images are upscaled to min_side, large ones downscaled to max_side
+        scale = min(max(max(h, w), self.min_side), self.max_side) / max(h, w)
         rh, rw = max(32, round(h * scale / 32) * 32), max(32, round(w * scale / 32) * 32)
         bgr = np.ascontiguousarray(rgb[..., ::-1])
         resized = cv2.resize(bgr, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
@@ -217,6 +231,7 @@ class LiteInspector:
         if self._text is None:
             c = self.config
             self._text = TextDetector(
+                c.text_min_side,
                 c.text_max_side, c.text_threshold, c.read_text, c.max_text_regions, c.min_text_chars, c.num_threads
             )
         return self._text

@@ -46,19 +46,41 @@ class InvalidImage(ValueError):
 
 @dataclass
 class DecodedImage:
-    """One source image, decoded once, with what the pipeline needs to know about it."""
+    """One source image: its file, what the header and metadata say, and its pixels on first use."""
 
     data: bytes  # the source file, untouched
     format: str  # PIL format name of the source (JPEG, PNG, ...)
     mode: str  # PIL mode of the source pixels
-    image: "object"  # PIL image in display orientation (EXIF rotation applied), source mode
+    opened: "object"  # the PIL image as opened (stored orientation; pixels not necessarily loaded)
     orientation: int  # EXIF orientation of the source (1 = stored upright)
     metadata: MetadataFindings = field(default_factory=MetadataFindings)
     sha256: str = ""
+    _shown: "object" = None
+
+    @property
+    def image(self):
+        """The PIL image in display orientation (EXIF rotation applied), source mode; decodes on first use.
+
+        Raises InvalidImage when the pixel data is truncated or corrupt.
+        """
+        if self._shown is None:
+            from PIL import Image
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    self.opened.load()
+            except Exception as err:  # truncated or corrupt pixel data
+                raise InvalidImage(f"image data could not be decoded: {describe_error(err)}") from err
+            # rotate the pixels only: Pillow's exif_transpose also rewrites the EXIF, which fails on bad tags
+            self._shown = upright(self.opened, self.orientation)
+        return self._shown
 
     @property
     def size(self) -> tuple[int, int]:
-        return self.image.size
+        """(width, height) as displayed, known without decoding the pixels."""
+        w, h = self.opened.size
+        return (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
 
 
 def image_bytes(value) -> tuple[bytes | None, str | None]:
@@ -89,7 +111,10 @@ def _read_path(path: str) -> bytes:
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode ``data`` fully, or raise InvalidImage with a message a user can act on."""
+    """Open ``data``, read its header and metadata and decode its pixels.
+
+    Raises InvalidImage with a message a user can act on.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -113,26 +138,18 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     frames = getattr(img, "n_frames", 1)
     if frames > 1 and fmt != "MPO":
         raise InvalidImage(f"{fmt} image has {frames} frames; multi-frame images are not supported")
-    try:
-        metadata = read_findings(img)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-    except Exception as err:  # truncated or corrupt pixel data, malformed metadata
-        raise InvalidImage(f"image data could not be decoded: {describe_error(err)}") from err
-    mode = img.mode
-    orientation = read_orientation(img)
-    # rotate the pixels only: Pillow's exif_transpose also rewrites the EXIF, which fails on malformed tags
-    shown = upright(img, orientation)
-    return DecodedImage(
+    metadata = read_findings(img)
+    source = DecodedImage(
         data=data,
         format="JPEG" if fmt == "MPO" else fmt,
-        mode=mode,
-        image=shown,
-        orientation=orientation,
+        mode=img.mode,
+        opened=img,
+        orientation=read_orientation(img),
         metadata=metadata,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+    source.image  # noqa: B018 - decode now, so that corrupt data is reported here, before any stage runs
+    return source
 
 
 def describe_error(err: Exception) -> str:
