@@ -1,0 +1,229 @@
+"""Stage 1 with models: a ``transformers`` vision-language model inspects images, a text LLM writes edits.
+
+One generation per image answers everything (flag, categories, review, both captions, boxes); answers are
+parsed by ``parsing.parse_inspection``; an invalid answer gets one repair turn, then the row is flagged
+(fail closed) with the raw text kept. Generation is batched (left padding), greedy and deterministic.
+Models load lazily, once per process, on the device of the ``datasets`` rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ..prompts import load_json, load_text
+from .parsing import AnswerError, ParsedInspection, parse_inspection
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(rank: int | None = None) -> str:
+    """``cuda:<rank % n>`` when CUDA is there (one model copy per ``datasets`` worker), else ``cpu``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{(rank or 0) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def pick_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def fit_image(image, max_side: int, min_side: int):
+    """RGB copy whose longer side is at most ``max_side`` (and shorter side at least ``min_side``), aspect kept."""
+    from PIL import Image
+
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    scale = min(1.0, max_side / max(w, h))
+    scale = max(scale, min_side / min(w, h))
+    if abs(scale - 1.0) > 1e-6:
+        rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    return rgb
+
+
+@dataclass
+class RawAnswer:
+    """What the model said about one image, parsed or not."""
+
+    text: str
+    parsed: ParsedInspection | None
+    error: str | None  # why the answer could not be used (after the repair turn)
+    repaired: bool = False
+
+
+class ChatGenerator:
+    """A ``transformers`` chat model behind one batched, greedy ``generate`` call.
+
+    Works with any model whose processor or tokenizer has a chat template: image-text-to-text models
+    (``AutoModelForImageTextToText`` + ``AutoProcessor``) and text-only causal LMs (``AutoModelForCausalLM``
+    + ``AutoTokenizer``).
+    """
+
+    def __init__(self, model_id: str, revision: str | None, dtype: str, device: str, vision: bool, trust_remote_code: bool = False, attn_implementation: str | None = None):
+        import torch
+        import transformers
+
+        self.device = device
+        self.vision = vision
+        kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+        if vision:
+            self.processor = transformers.AutoProcessor.from_pretrained(model_id, **kwargs)
+            self.tokenizer = self.processor.tokenizer
+            model_cls = transformers.AutoModelForImageTextToText
+        else:
+            self.processor = self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **kwargs)
+            model_cls = transformers.AutoModelForCausalLM
+        # left padding so every row's answer starts right after its own prompt in a batch
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model_kwargs = dict(kwargs, dtype=pick_dtype(dtype, device))
+        if attn_implementation:
+            model_kwargs["attn_implementation"] = attn_implementation
+        self.model = model_cls.from_pretrained(model_id, **model_kwargs).to(device).eval()
+        self._torch = torch
+
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+        """Greedy answers to a batch of conversations (messages in the chat-template format)."""
+        if not conversations:
+            return []
+        common = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
+        if self.vision:
+            inputs = self.processor.apply_chat_template(conversations, processor_kwargs={"padding": True}, **common)
+        else:
+            # text-only chat templates expect string contents
+            flat = [[{"role": m["role"], "content": _text_of(m["content"])} for m in conv] for conv in conversations]
+            inputs = self.tokenizer.apply_chat_template(flat, padding=True, **common)
+        inputs = inputs.to(self.device)
+        with self._torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def category_block(categories: list[tuple[str, str]]) -> str:
+    return "\n".join(f"- {cid}: {desc}" for cid, desc in categories)
+
+
+class VLMInspector:
+    """Flag, review, dual captions and boxes from one VLM answer per image."""
+
+    def __init__(self, generator: ChatGenerator, categories: list[tuple[str, str]], box_format: str, max_side: int, min_side: int, max_new_tokens: int, batch_size: int, repair: bool = True):
+        self.generator = generator
+        self.categories = categories
+        self.allowed = tuple(cid for cid, _ in categories)
+        self.box_format = box_format
+        self.max_side, self.min_side = max_side, min_side
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.repair = repair
+        self.prompt = load_text("inspect_v1.txt").format(
+            categories=category_block(categories), box_instructions=load_json("box_formats.json")[box_format]
+        )
+
+    def _conversation(self, image, extra: list[dict] | None = None) -> list[dict]:
+        turn = {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": self.prompt}]}
+        return [turn, *(extra or [])]
+
+    def inspect(self, images: list) -> list[RawAnswer]:
+        """One answer per image (PIL, display orientation); boxes are returned in the images' pixels."""
+        shown = [fit_image(img, self.max_side, self.min_side) for img in images]
+        texts: list[str] = []
+        for start in range(0, len(shown), self.batch_size):
+            chunk = shown[start : start + self.batch_size]
+            texts += self.generator.generate([self._conversation(img) for img in chunk], self.max_new_tokens)
+        answers = [self._parse(text, img.size, small.size) for text, img, small in zip(texts, images, shown)]
+        if self.repair:
+            retry = [i for i, a in enumerate(answers) if a.parsed is None]
+            for start in range(0, len(retry), self.batch_size):
+                idx = retry[start : start + self.batch_size]
+                convs = [
+                    self._conversation(
+                        shown[i],
+                        [
+                            {"role": "assistant", "content": [{"type": "text", "text": answers[i].text}]},
+                            {"role": "user", "content": [{"type": "text", "text": load_text("repair_v1.txt").format(error=answers[i].error)}]},
+                        ],
+                    )
+                    for i in idx
+                ]
+                for i, text in zip(idx, self.generator.generate(convs, self.max_new_tokens)):
+                    second = self._parse(text, images[i].size, shown[i].size)
+                    if second.parsed is not None:
+                        answers[i] = RawAnswer(text, second.parsed, None, repaired=True)
+                    else:
+                        answers[i] = RawAnswer(answers[i].text + "\n---repair---\n" + text, None, f"{answers[i].error}; after repair: {second.error}")
+        return answers
+
+    def _parse(self, text: str, size: tuple[int, int], shown_size: tuple[int, int]) -> RawAnswer:
+        try:
+            if self.box_format != "absolute":
+                return RawAnswer(text, parse_inspection(text, self.allowed, size, self.box_format), None)
+            # absolute boxes are in the pixels the model saw; fit_image scaled the image uniformly
+            parsed = parse_inspection(text, self.allowed, shown_size, "absolute")
+            sx, sy = size[0] / shown_size[0], size[1] / shown_size[1]
+            for region in parsed.regions:
+                x0, y0, x1, y1 = region.box
+                region.box = (int(x0 * sx), int(y0 * sy), min(size[0], round(x1 * sx)), min(size[1], round(y1 * sy)))
+            return RawAnswer(text, parsed, None)
+        except AnswerError as err:
+            return RawAnswer(text, None, str(err))
+
+
+class EditInstructionWriter:
+    """Public caption (+ categories) -> identity-neutral edit instruction, and the merged target caption."""
+
+    MAX_WORDS = 45
+
+    def __init__(self, generator: ChatGenerator, max_new_tokens: int, batch_size: int, target_caption: bool = True):
+        self.generator = generator
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.target_caption = target_caption
+
+    def _run(self, prompts: list[str]) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            out += self.generator.generate([[{"role": "user", "content": [{"type": "text", "text": p}]}] for p in chunk], self.max_new_tokens)
+        return out
+
+    def write(self, public_captions: list[str], categories: list[list[str]]) -> tuple[list[str], list[str | None]]:
+        template = load_text("instruct_v1.txt")
+        prompts = [template.format(public_caption=cap, categories=", ".join(cats) or "unspecified") for cap, cats in zip(public_captions, categories)]
+        instructions = [clean_instruction(text, self.MAX_WORDS) for text in self._run(prompts)]
+        targets: list[str | None] = [None] * len(instructions)
+        if self.target_caption:
+            merge = load_text("target_caption_v1.txt")
+            targets = [clean_instruction(t, 50) for t in self._run([merge.format(public_caption=c, instruction=i) for c, i in zip(public_captions, instructions)])]
+        return instructions, targets
+
+
+def clean_instruction(text: str, max_words: int) -> str:
+    """First line, without quotes or a leading label, cut to ``max_words`` words."""
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    for prefix in ("Instruction:", "Edited photo:", "Answer:"):
+        if line.lower().startswith(prefix.lower()):
+            line = line[len(prefix) :].strip()
+    line = line.strip("\"'` ")
+    words = line.split()
+    return " ".join(words[:max_words])
