@@ -9,6 +9,7 @@ PRIVACY_REGIONS = "privacy_regions"
 PRIVATE_CAPTION = "private_caption"
 PUBLIC_CAPTION = "public_caption"
 EDIT_INSTRUCTION = "edit_instruction"
+TARGET_CAPTION = "target_caption"
 ANONYMIZATION = "anonymization"
 METADATA_REMOVED = "metadata_removed"
 ORIGINAL_IMAGE = "original_image"
@@ -21,6 +22,7 @@ ADDED_COLUMNS = (
     PRIVATE_CAPTION,
     PUBLIC_CAPTION,
     EDIT_INSTRUCTION,
+    TARGET_CAPTION,
     ANONYMIZATION,
     METADATA_REMOVED,
 )
@@ -36,6 +38,8 @@ STATUSES = (STATUS_PASSED, STATUS_EDITED, STATUS_FALLBACK, STATUS_FAILED, STATUS
 
 # values of anonymization.caption_source
 CAPTION_TEMPLATE = "template"  # lite: captions written from templates over the detections, not by a model
+CAPTION_VLM = "vlm"  # captions from the VLM; instruction from templates (no instructor configured)
+CAPTION_VLM_LLM = "vlm+llm"  # captions from the VLM, edit instruction and target caption from the text LLM
 CAPTION_NONE = "none"  # no caption could be written (invalid input)
 
 
@@ -60,6 +64,7 @@ def added_features():
             PRIVATE_CAPTION: Value("string"),
             PUBLIC_CAPTION: Value("string"),
             EDIT_INSTRUCTION: Value("string"),
+            TARGET_CAPTION: Value("string"),
             ANONYMIZATION: {
                 "status": Value("string"),
                 "editor": Value("string"),

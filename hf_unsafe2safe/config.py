@@ -108,6 +108,71 @@ class LiteEditorConfig:
         return self.methods.get(category, self.methods["default"])
 
 
+BOX_FORMATS = ("relative1000", "relative1", "absolute")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class ModelConfig:
+    """A ``transformers`` model: a Hub id (with a pinned ``revision``) or a local path."""
+
+    model: str = ""
+    revision: str | None = None
+    dtype: str = "auto"  # auto: bf16 (or fp16) on GPU, fp32 on CPU
+    trust_remote_code: bool = False  # off unless you trust the repository's code
+    attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"
+    max_new_tokens: int = 512
+    batch_size: int = 8  # images (or prompts) per generate call
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check(isinstance(self.model, str) and bool(self.model), f"{name}.model", self.model, "a Hub model id or a local path")
+        _check(self.dtype in DTYPES, f"{name}.dtype", self.dtype, f"one of {DTYPES}")
+        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, f"{name}.max_new_tokens", self.max_new_tokens, "an int >= 1")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, f"{name}.batch_size", self.batch_size, "an int >= 1")
+
+
+@dataclass
+class VLMInspectorConfig(ModelConfig):
+    """Stage 1 with a vision-language model: flag, review, dual captions and boxes in one answer per image."""
+
+    box_format: str = "relative1000"  # how the model writes boxes (Qwen3-VL, InternVL: 0-1000 relative)
+    # the image is shown with its longer side at most this, aspect ratio kept (no square squashing)
+    image_max_side: int = 1024
+    image_min_side: int = 28
+    repair: bool = True  # one repair turn for an invalid answer
+    categories: list[str] | None = None  # restrict the taxonomy to these ids (None: all nine)
+    extra_categories: dict[str, str] = field(default_factory=dict)  # add categories: id -> description
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.box_format in BOX_FORMATS, "vlm.box_format", self.box_format, f"one of {BOX_FORMATS}")
+        _check(isinstance(self.image_max_side, int) and self.image_max_side >= self.image_min_side >= 1, "vlm.image_max_side", self.image_max_side, f"an int >= image_min_side ({self.image_min_side})")
+        from .taxonomy import load_taxonomy
+
+        known = load_taxonomy().ids
+        for cid in self.categories or []:
+            _check(cid in known, "vlm.categories", cid, f"a category id among {list(known)}")
+        for cid, desc in self.extra_categories.items():
+            _check(isinstance(cid, str) and cid.isidentifier() and cid not in known, "vlm.extra_categories key", cid, "a new identifier-like id")
+            _check(isinstance(desc, str) and bool(desc.strip()), f"vlm.extra_categories[{cid!r}]", desc, "a description")
+        _check(bool(self.category_list()), "vlm.categories", self.categories, "at least one category")
+
+    def category_list(self) -> list[tuple[str, str]]:
+        from .taxonomy import load_taxonomy
+
+        chosen = [(c.id, c.description) for c in load_taxonomy().categories if self.categories is None or c.id in self.categories]
+        return chosen + list(self.extra_categories.items())
+
+
+@dataclass
+class InstructorConfig(ModelConfig):
+    """The text LLM that turns the public caption into an edit instruction (and a merged target caption)."""
+
+    max_new_tokens: int = 96
+    target_caption: bool = True
+
+
 @dataclass
 class PipelineConfig:
     """The whole Unsafe2Safe run: which column, which stages, how they are set."""
@@ -122,12 +187,19 @@ class PipelineConfig:
     keep_original: bool = False
     inspector: LiteInspectorConfig = field(default_factory=LiteInspectorConfig)
     editor: LiteEditorConfig = field(default_factory=LiteEditorConfig)
+    # model-based Stage 1 (fast / paper presets); None keeps Stage 1 to the lite detectors
+    vlm: VLMInspectorConfig | None = None
+    instructor: InstructorConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.inspector, dict):
             self.inspector = LiteInspectorConfig(**self.inspector)
         if isinstance(self.editor, dict):
             self.editor = LiteEditorConfig(**self.editor)
+        if isinstance(self.vlm, dict):
+            self.vlm = VLMInspectorConfig(**self.vlm)
+        if isinstance(self.instructor, dict):
+            self.instructor = InstructorConfig(**self.instructor)
         _check(self.preset in PRESETS, "preset", self.preset, f"one of {sorted(PRESETS)}")
         _check(isinstance(self.image_column, str) and bool(self.image_column), "image_column", self.image_column, "a column name")
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
@@ -169,6 +241,24 @@ def _lite() -> dict:
     return {"preset": "lite"}
 
 
-# preset name -> factory of the dict that PipelineConfig.from_dict accepts. `fast` and `paper` (VLM +
-# diffusion) arrive with the model-based stages.
-PRESETS = {"lite": _lite}
+# Model ids of the model presets. Revisions are not pinned yet: these machines cannot reach the Hub to read
+# the commit hashes. Pin them with `vlm={"revision": "<sha>"}` (and for the instructor) in production runs.
+def _fast() -> dict:
+    return {
+        "preset": "fast",
+        "vlm": {"model": "Qwen/Qwen3-VL-2B-Instruct", "box_format": "relative1000", "image_max_side": 1024},
+        "instructor": {"model": "Qwen/Qwen2.5-1.5B-Instruct"},
+    }
+
+
+def _paper() -> dict:
+    # closest to the paper: an InternVL VLM (HF-native checkpoint) and Qwen3-4B-Instruct-2507
+    return {
+        "preset": "paper",
+        "vlm": {"model": "OpenGVLab/InternVL3_5-8B-HF", "box_format": "relative1000", "image_max_side": 1344},
+        "instructor": {"model": "Qwen/Qwen3-4B-Instruct-2507"},
+    }
+
+
+# preset name -> factory of the dict that PipelineConfig.from_dict accepts
+PRESETS = {"lite": _lite, "fast": _fast, "paper": _paper}

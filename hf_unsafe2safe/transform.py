@@ -54,6 +54,7 @@ class Unsafe2Safe:
             raise TypeError(f"Got {type(config).__name__} for `config`; expected a PipelineConfig.")
         self.config = config
         self._runtime = None
+        self._model_stage = None
         self._warned_decoded = False
 
     @classmethod
@@ -176,34 +177,69 @@ class Unsafe2Safe:
             self._runtime = self.build_stages()
         return self._runtime
 
+    def build_model_stage(self, rank: int | None = None):
+        """The model half of Stage 1 (VLM + instruction LLM) on the rank's device, or None for lite."""
+        if self.config.vlm is None:
+            return None
+        from .inspection.vlm import ChatGenerator, EditInstructionWriter, ModelStage1, VLMInspector, pick_device
+        from .taxonomy import load_taxonomy
+
+        device = pick_device(rank)
+        v = self.config.vlm
+        vlm = ChatGenerator(v.model, v.revision, v.dtype, device, vision=True, trust_remote_code=v.trust_remote_code, attn_implementation=v.attn_implementation)
+        inspector = VLMInspector(vlm, v.category_list(), v.box_format, v.image_max_side, v.image_min_side, v.max_new_tokens, v.batch_size, v.repair)
+        writer = None
+        if self.config.instructor is not None:
+            i = self.config.instructor
+            llm = ChatGenerator(i.model, i.revision, i.dtype, device, vision=False, trust_remote_code=i.trust_remote_code, attn_implementation=i.attn_implementation)
+            writer = EditInstructionWriter(llm, i.max_new_tokens, i.batch_size, i.target_caption)
+        return ModelStage1(inspector, writer, load_taxonomy().ids)
+
+    def model_stage(self, rank: int | None):
+        if self.config.vlm is None:
+            return None
+        if self._model_stage is None:
+            self._model_stage = self.build_model_stage(rank)
+        return self._model_stage
+
     def _run(self, items: list[tuple[bytes | None, str | None]], rank: int | None) -> list[RowResult]:
         from .inspection.base import Inspection
         from .utils.images import InvalidImage, decode
 
         inspector, editor = self.stages()
-        results: list[RowResult] = []
-        for data, read_error in items:
+        results: list[RowResult | None] = [None] * len(items)
+        rows = []  # (index, source, inspection) of the readable rows
+        for index, (data, read_error) in enumerate(items):
             # 1. decode (bad input -> invalid_input, image emptied, the run goes on)
             if data is None:
-                results.append(self._invalid(read_error or "image is missing"))
+                results[index] = self._invalid(read_error or "image is missing")
                 continue
             try:
                 source = decode(data, self.config.max_image_pixels)
             except InvalidImage as exc:
-                results.append(self._invalid(str(exc)))
+                results[index] = self._invalid(str(exc))
                 continue
-            seed = row_seed(self.config.seed, source.sha256)
-            original = {"bytes": data, "path": None} if self.config.keep_original else None
-            # 2. Stage 1: inspect; a failure flags the row (fail closed)
+            # 2. Stage 1, detectors: a failure flags the row (fail closed)
             try:
                 inspection = inspector.inspect(source)
             except Exception as exc:  # noqa: BLE001
                 logger.exception("inspection failed")
                 inspection = Inspection(flagged=True, error=f"inspection failed: {describe_error(exc)}", caption_source=C.CAPTION_NONE)
-            # 3. Stage 2 for flagged rows only; unflagged rows keep their bytes
-            result = self._finish(source, inspection, editor, seed)
-            result.original = original
-            results.append(result)
+            rows.append((index, source, inspection))
+        # 3. Stage 1, models: one batched pass over every readable row of the batch
+        models = self.model_stage(rank)
+        if models is not None and rows:
+            try:
+                models.apply([source.image for _, source, _ in rows], [ins for _, _, ins in rows])
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: every row of the batch fails closed
+                logger.exception("model inspection failed")
+                for _, _, ins in rows:
+                    ins.flagged, ins.error = True, f"model inspection failed: {describe_error(exc)}"
+        # 4. Stage 2 for flagged rows only; unflagged rows keep their bytes
+        for index, source, inspection in rows:
+            result = self._finish(source, inspection, editor, row_seed(self.config.seed, source.sha256))
+            result.original = {"bytes": source.data, "path": None} if self.config.keep_original else None
+            results[index] = result
         return results
 
     def _invalid(self, message: str) -> RowResult:
@@ -252,6 +288,7 @@ class Unsafe2Safe:
             out[C.PRIVATE_CAPTION].append(None if ins is None else ins.private_caption)
             out[C.PUBLIC_CAPTION].append(None if ins is None else ins.public_caption)
             out[C.EDIT_INSTRUCTION].append(None if ins is None else ins.edit_instruction)
+            out[C.TARGET_CAPTION].append(None if ins is None else ins.target_caption)
             out[C.ANONYMIZATION].append(
                 {
                     "status": r.status,

@@ -17,15 +17,23 @@ CATEGORIES = [(c.id, c.description) for c in load_taxonomy().categories]
 
 
 @pytest.fixture(scope="module")
-def vlm(tmp_path_factory):
-    path = build_tiny_vlm(str(tmp_path_factory.mktemp("tiny-vlm")))
-    return ChatGenerator(path, revision=None, dtype="auto", device="cpu", vision=True)
+def vlm_path(tmp_path_factory):
+    return build_tiny_vlm(str(tmp_path_factory.mktemp("tiny-vlm")))
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    path = build_tiny_lm(str(tmp_path_factory.mktemp("tiny-lm")))
-    return ChatGenerator(path, revision=None, dtype="auto", device="cpu", vision=False)
+def lm_path(tmp_path_factory):
+    return build_tiny_lm(str(tmp_path_factory.mktemp("tiny-lm")))
+
+
+@pytest.fixture(scope="module")
+def vlm(vlm_path):
+    return ChatGenerator(vlm_path, revision=None, dtype="auto", device="cpu", vision=True)
+
+
+@pytest.fixture(scope="module")
+def lm(lm_path):
+    return ChatGenerator(lm_path, revision=None, dtype="auto", device="cpu", vision=False)
 
 
 def _images():
@@ -97,3 +105,110 @@ def test_clean_instruction():
     text = 'Instruction: "Give the man a beard, darker skin and a calm smile"\nExplanation: ...'
     assert clean_instruction(text, 45) == "Give the man a beard, darker skin and a calm smile"
     assert len(clean_instruction("word " * 80, 45).split()) == 45
+
+
+class ScriptedGenerator:
+    """A stand-in model behind ChatGenerator's interface that answers from a script (for merge logic)."""
+
+    vision = True
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def generate(self, conversations, max_new_tokens):
+        self.calls.append(len(conversations))
+        return [self.answers.pop(0) for _ in conversations]
+
+
+def _lite_inspection(image_bytes):
+    from hf_unsafe2safe.config import LiteInspectorConfig
+    from hf_unsafe2safe.inspection.lite import LiteInspector
+    from hf_unsafe2safe.inspection.templates import TemplateCaptioner
+    from hf_unsafe2safe.utils.images import decode
+
+    source = decode(image_bytes, 10**8)
+    return source, LiteInspector(LiteInspectorConfig(), load_taxonomy(), TemplateCaptioner()).inspect(source)
+
+
+def test_model_stage_merges_vlm_answers_with_the_detectors():
+    from conftest import encode
+    from skimage import data
+
+    from hf_unsafe2safe.inspection.vlm import ModelStage1
+
+    (face_src, face_ins), (plain_src, plain_ins), (bad_src, bad_ins) = (
+        _lite_inspection(encode(data.astronaut())),
+        _lite_inspection(encode(np.full((64, 96, 3), 120, np.uint8))),
+        _lite_inspection(encode(np.full((64, 96, 3), 60, np.uint8))),
+    )
+    lite_face = next(r for r in face_ins.regions if r.label == "face")
+    x0, y0, x1, y1 = (round(v * 1000 / 512) for v in lite_face.box)
+    face_answer = {
+        "private": True, "categories": ["people", "professional"],
+        "review": [{"item": "name tag", "reason": "names her"}],
+        "private_caption": "An astronaut named Eileen.", "public_caption": "An astronaut in an orange suit.",
+        "regions": [
+            {"label": "face", "category": "people", "box": [x0, y0, x1, y1]},  # same face: NMS keeps one
+            {"label": "name tag", "category": "professional", "box": [600, 650, 700, 700]},
+        ],
+    }
+    plain_answer = {"private": False, "categories": [], "review": [], "private_caption": "A grey surface.", "public_caption": "A grey surface.", "regions": []}
+    vlm = ScriptedGenerator([json.dumps(face_answer), json.dumps(plain_answer), "Sorry, I can't.", "still no JSON"])
+    llm = ScriptedGenerator(["Instruction: give the astronaut short grey hair, darker skin and a neutral expression", "An astronaut with short grey hair."])
+    stage = ModelStage1(
+        VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 64, batch_size=8),
+        EditInstructionWriter(llm, 64, batch_size=8),
+        load_taxonomy().ids,
+    )
+    stage.apply([face_src.image, plain_src.image, bad_src.image], [face_ins, plain_ins, bad_ins])
+    assert vlm.calls == [3, 1]  # one batched pass, then one repair turn for the unusable answer only
+    assert face_ins.flagged and face_ins.categories[:2] == ["people", "professional"]
+    faces = [r for r in face_ins.regions if r.category == "people"]
+    # the VLM's face box and RetinaFace's overlap: merged into one box enclosing both, both sources named
+    assert len(faces) == 1 and set(faces[0].source.split("+")) == {"vlm", "retinaface-mnet025"}
+    assert all(a <= b for a, b in zip(faces[0].box[:2], lite_face.box[:2])) and all(a >= b for a, b in zip(faces[0].box[2:], lite_face.box[2:]))
+    assert any(r.source == "vlm" and r.label == "name tag" for r in face_ins.regions)
+    assert face_ins.public_caption == "An astronaut in an orange suit." and face_ins.caption_source == "vlm+llm"
+    assert face_ins.edit_instruction == "give the astronaut short grey hair, darker skin and a neutral expression"
+    assert face_ins.target_caption == "An astronaut with short grey hair."
+    assert face_ins.review[0].item == "name tag"
+    assert not plain_ins.flagged and plain_ins.caption_source == "vlm" and plain_ins.edit_instruction == ""
+    assert bad_ins.flagged and "unusable VLM answer" in bad_ins.error and "Sorry, I can't." in bad_ins.error
+
+
+def test_transform_with_real_tiny_models_fails_closed_on_garbage(vlm_path, lm_path):
+    from conftest import encode
+    from skimage import data
+
+    from hf_unsafe2safe import Unsafe2Safe
+    from hf_unsafe2safe import columns as C
+
+    anonymize = Unsafe2Safe.from_preset(
+        "lite", vlm={"model": vlm_path, "max_new_tokens": 8, "batch_size": 2}, instructor={"model": lm_path, "max_new_tokens": 8}
+    )
+    plain = encode(np.full((64, 96, 3), 120, np.uint8))
+    batch = {"image": [{"bytes": encode(data.astronaut()[::4, ::4]), "path": None}, {"bytes": plain, "path": None}, {"bytes": b"junk", "path": None}]}
+    out = anonymize(batch, rank=0)
+    statuses = [a["status"] for a in out[C.ANONYMIZATION]]
+    assert statuses == [C.STATUS_FALLBACK, C.STATUS_FALLBACK, C.STATUS_INVALID]
+    # the plain image passes under lite, but an unusable VLM answer flags it: never published unchanged
+    assert out["image"][1]["bytes"] != plain
+    assert "unusable VLM answer" in out[C.ANONYMIZATION][1]["error"] and "raw answer" in out[C.ANONYMIZATION][1]["error"]
+    # loaded once per process, reused by the next batch
+    stage = anonymize._model_stage
+    anonymize(batch, rank=0)
+    assert anonymize._model_stage is stage
+
+
+def test_merge_regions_never_uncovers_a_marked_pixel():
+    from hf_unsafe2safe.inspection.base import Region
+    from hf_unsafe2safe.inspection.vlm import merge_regions
+
+    a = Region("face", "people", (10, 10, 50, 50), 0.9, "retinaface")
+    b = Region("face", "people", (12, 8, 56, 52), 1.0, "vlm")
+    c = Region("tag", "text_symbols", (12, 8, 56, 52), 0.5, "ppocr")
+    d = Region("face", "people", (200, 200, 240, 240), 0.4, "retinaface")
+    merged = merge_regions([a, b, c, d])
+    assert [(r.category, r.box) for r in merged] == [("people", (10, 8, 56, 52)), ("text_symbols", (12, 8, 56, 52)), ("people", (200, 200, 240, 240))]
+    assert merged[0].source == "vlm+retinaface"

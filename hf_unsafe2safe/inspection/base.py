@@ -37,5 +37,7 @@ class Inspection:
     private_caption: str = ""
     public_caption: str = ""
     edit_instruction: str = ""
+    # one caption of the edited image, for single-prompt editors (the public caption merged with the instruction)
+    target_caption: str = ""
     caption_source: str = "template"
     error: str | None = None  # set when inspection itself failed (the row is then flagged: fail closed)

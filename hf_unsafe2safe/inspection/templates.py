@@ -35,6 +35,7 @@ class TemplateCaptioner:
             inspection.private_caption = t["private_caption_clean"].format(width=w, height=h)
             inspection.public_caption = t["public_caption_clean"].format(width=w, height=h)
             inspection.edit_instruction = t["instruction_clean"]
+            inspection.target_caption = inspection.public_caption
             return
         findings, anonymized, changes = [], [], []
         if faces:
@@ -63,4 +64,5 @@ class TemplateCaptioner:
         inspection.public_caption = t["public_caption"].format(width=w, height=h, anonymized=" and ".join(anonymized))
         instruction = t["instruction"].format(changes="; ".join(changes)) if changes else t["instruction_clean"]
         inspection.edit_instruction = instruction[:1].upper() + instruction[1:]
+        inspection.target_caption = inspection.public_caption
         inspection.caption_source = "template"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from .. import columns as C
 from ..prompts import load_json, load_text
 from .parsing import AnswerError, ParsedInspection, parse_inspection
 
@@ -227,3 +228,80 @@ def clean_instruction(text: str, max_words: int) -> str:
     line = line.strip("\"'` ")
     words = line.split()
     return " ".join(words[:max_words])
+
+
+def box_iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def merge_regions(regions: list, iou: float = 0.5) -> list:
+    """Union of every source's regions with a privacy-safe NMS: two boxes of one category that overlap by
+    more than ``iou`` become one box enclosing both (highest score, sources joined), so merging never
+    uncovers a pixel that any source marked."""
+    from .base import Region
+
+    kept: list = []
+    for region in sorted(regions, key=lambda r: -r.score):
+        for i, k in enumerate(kept):
+            if k.category == region.category and box_iou(k.box, region.box) > iou:
+                box = (min(k.box[0], region.box[0]), min(k.box[1], region.box[1]), max(k.box[2], region.box[2]), max(k.box[3], region.box[3]))
+                sources = k.source if region.source in k.source.split("+") else f"{k.source}+{region.source}"
+                kept[i] = Region(k.label, k.category, box, k.score, sources, k.text or region.text)
+                break
+        else:
+            kept.append(region)
+    return kept
+
+
+class ModelStage1:
+    """The model half of Stage 1, applied on top of the lite detectors' inspections of the same batch.
+
+    Merge rule: flagged if the VLM says private, if any lite detector fired, or if the VLM answer is unusable
+    (fail closed: the row then gets the whole-image fallback and keeps the raw answer in its error). Regions
+    are the union of the VLM's boxes and the detectors' boxes with per-category NMS. Captions come from the
+    VLM; the edit instruction and the target caption from the text LLM.
+    """
+
+    RAW_LIMIT = 2000  # characters of an unusable answer kept in the row
+
+    def __init__(self, inspector: VLMInspector, writer: EditInstructionWriter | None, order: tuple[str, ...]):
+        self.inspector = inspector
+        self.writer = writer
+        self.order = order
+
+    def apply(self, images: list, inspections: list) -> None:
+        from .base import Region, ReviewItem
+
+        answers = self.inspector.inspect(images)
+        to_write = []
+        for answer, ins in zip(answers, inspections):
+            if answer.parsed is None:
+                ins.flagged = True
+                ins.error = f"unusable VLM answer ({answer.error}); raw answer: {answer.text[: self.RAW_LIMIT]!r}"
+                continue
+            parsed = answer.parsed
+            ins.flagged = ins.flagged or parsed.private
+            cats = set(ins.categories) | set(parsed.categories)
+            ins.categories = [c for c in self.order if c in cats] + sorted(cats - set(self.order))
+            ins.review = [ReviewItem(item, reason) for item, reason in parsed.review] + ins.review
+            vlm_regions = [Region(r.label, r.category, r.box, 1.0, "vlm") for r in parsed.regions]
+            ins.regions = merge_regions(vlm_regions + ins.regions)
+            ins.private_caption, ins.public_caption = parsed.private_caption, parsed.public_caption
+            ins.target_caption = parsed.public_caption
+            ins.caption_source = C.CAPTION_VLM
+            if ins.flagged and not ins.regions and parsed.private:
+                ins.error = "the VLM flagged the image but located no sensitive region: the whole image is edited"
+            if ins.flagged:
+                to_write.append(ins)
+            else:
+                ins.edit_instruction = ""
+        if self.writer is not None and to_write:
+            instructions, targets = self.writer.write([i.public_caption for i in to_write], [i.categories for i in to_write])
+            for ins, instruction, target in zip(to_write, instructions, targets):
+                ins.edit_instruction = instruction
+                ins.target_caption = target or ins.public_caption
+                ins.caption_source = C.CAPTION_VLM_LLM
