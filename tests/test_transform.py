@@ -247,3 +247,24 @@ def test_onnx_uses_one_thread_per_datasets_worker():
     out = Dataset.from_dict({"x": list(range(4))}).map(_onnx_threads, batched=True, batch_size=2, num_proc=2)
     assert set(out["threads"]) == {1}  # two workers on two cores: no oversubscription
     assert resolve_threads(0) >= 1 and resolve_threads(3) == 3
+
+
+def test_fingerprint_follows_every_prompt_file(tmp_path):
+    import shutil
+    from importlib import resources
+
+    from hf_unsafe2safe.prompts import PROMPT_FILES, prompts_digest
+
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    for name in PROMPT_FILES:
+        shutil.copy(str(resources.files("hf_unsafe2safe.prompts").joinpath(name)), folder / name)
+    assert prompts_digest(folder) == prompts_digest()
+    seen = {prompts_digest()}
+    for name in PROMPT_FILES:
+        path = folder / name
+        original = path.read_bytes()
+        path.write_bytes(original + b" ")
+        seen.add(prompts_digest(folder))
+        path.write_bytes(original)
+    assert len(seen) == len(PROMPT_FILES) + 1  # a one-byte change in any file gives a new digest

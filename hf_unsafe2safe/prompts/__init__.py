@@ -31,9 +31,12 @@ def load_json(name: str) -> dict:
     return json.loads(read_prompt(name))
 
 
-def prompts_digest() -> str:
-    """One sha256 over every prompt/template file, in a fixed order."""
+def prompts_digest(folder=None) -> str:
+    """One sha256 over every prompt/template file, in a fixed order (``folder``: another copy of them)."""
+    from pathlib import Path
+
     h = hashlib.sha256()
     for name in PROMPT_FILES:
-        h.update(name.encode() + b"\0" + read_prompt(name) + b"\0")
+        content = (Path(folder) / name).read_bytes() if folder is not None else read_prompt(name)
+        h.update(name.encode() + b"\0" + content + b"\0")
     return h.hexdigest()
