@@ -174,6 +174,17 @@ class InstructorConfig(ModelConfig):
 
 
 @dataclass
+class GroundingConfig(ModelConfig):
+    """An open-vocabulary detector (OWLv2 / OWL-ViT) that locates the taxonomy's objects in flagged images."""
+
+    threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0.0 < self.threshold < 1.0, "grounding.threshold", self.threshold, "a float in (0, 1)")
+
+
+@dataclass
 class PipelineConfig:
     """The whole Unsafe2Safe run: which column, which stages, how they are set."""
 
@@ -190,6 +201,7 @@ class PipelineConfig:
     # model-based Stage 1 (fast / paper presets); None keeps Stage 1 to the lite detectors
     vlm: VLMInspectorConfig | None = None
     instructor: InstructorConfig | None = None
+    grounding: GroundingConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.inspector, dict):
@@ -200,6 +212,9 @@ class PipelineConfig:
             self.vlm = VLMInspectorConfig(**self.vlm)
         if isinstance(self.instructor, dict):
             self.instructor = InstructorConfig(**self.instructor)
+        if isinstance(self.grounding, dict):
+            self.grounding = GroundingConfig(**self.grounding)
+        _check(self.grounding is None or self.vlm is not None, "grounding", "set without `vlm`", "a VLM as well (grounding only locates, it does not flag)")
         _check(self.preset in PRESETS, "preset", self.preset, f"one of {sorted(PRESETS)}")
         _check(isinstance(self.image_column, str) and bool(self.image_column), "image_column", self.image_column, "a column name")
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
@@ -248,6 +263,7 @@ def _fast() -> dict:
         "preset": "fast",
         "vlm": {"model": "Qwen/Qwen3-VL-2B-Instruct", "box_format": "relative1000", "image_max_side": 1024},
         "instructor": {"model": "Qwen/Qwen2.5-1.5B-Instruct"},
+        "grounding": {"model": "google/owlv2-base-patch16-ensemble", "threshold": 0.2},
     }
 
 
@@ -257,6 +273,7 @@ def _paper() -> dict:
         "preset": "paper",
         "vlm": {"model": "OpenGVLab/InternVL3_5-8B-HF", "box_format": "relative1000", "image_max_side": 1344},
         "instructor": {"model": "Qwen/Qwen3-4B-Instruct-2507"},
+        "grounding": {"model": "google/owlv2-large-patch14-ensemble", "threshold": 0.2},
     }
 
 

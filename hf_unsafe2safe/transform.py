@@ -193,7 +193,14 @@ class Unsafe2Safe:
             i = self.config.instructor
             llm = ChatGenerator(i.model, i.revision, i.dtype, device, vision=False, trust_remote_code=i.trust_remote_code, attn_implementation=i.attn_implementation)
             writer = EditInstructionWriter(llm, i.max_new_tokens, i.batch_size, i.target_caption)
-        return ModelStage1(inspector, writer, load_taxonomy().ids)
+        grounder = None
+        if self.config.grounding is not None:
+            from .inspection.grounding import RegionGrounder, grounding_queries
+
+            g = self.config.grounding
+            queries = grounding_queries([cid for cid, _ in v.category_list()])
+            grounder = RegionGrounder(g.model, g.revision, g.dtype, device, queries, g.threshold, g.batch_size)
+        return ModelStage1(inspector, writer, load_taxonomy().ids, grounder)
 
     def model_stage(self, rank: int | None):
         if self.config.vlm is None:

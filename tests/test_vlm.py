@@ -212,3 +212,62 @@ def test_merge_regions_never_uncovers_a_marked_pixel():
     merged = merge_regions([a, b, c, d])
     assert [(r.category, r.box) for r in merged] == [("people", (10, 8, 56, 52)), ("text_symbols", (12, 8, 56, 52)), ("people", (200, 200, 240, 240))]
     assert merged[0].source == "vlm+retinaface"
+
+
+@pytest.fixture(scope="module")
+def owl_path(tmp_path_factory):
+    from tiny_models import build_tiny_owlv2
+
+    return build_tiny_owlv2(str(tmp_path_factory.mktemp("tiny-owl")))
+
+
+def test_grounder_boxes_are_in_image_pixels_and_batch_independent(owl_path):
+    from hf_unsafe2safe.inspection.grounding import RegionGrounder, grounding_queries
+
+    queries = grounding_queries(["people", "text_symbols"])
+    assert queries and {c for _, c in queries} == {"people", "text_symbols"}
+    grounder = RegionGrounder(owl_path, None, "auto", "cpu", queries, threshold=1e-4, batch_size=3)
+    images = _images()
+    batched = grounder.detect(images)
+    assert sum(len(r) for r in batched) > 0  # a near-zero threshold makes the random model fire
+    for img, regions in zip(images, batched):
+        for r in regions:
+            x0, y0, x1, y1 = r.box
+            assert 0 <= x0 < x1 <= img.width and 0 <= y0 < y1 <= img.height
+            assert (r.label, r.category) in queries and r.source == "owl"
+    single = [grounder.detect([img])[0] for img in images]
+    assert [[(r.box, r.label) for r in rs] for rs in single] == [[(r.box, r.label) for r in rs] for rs in batched]
+
+
+def test_grounding_adds_boxes_to_flagged_rows_only(owl_path):
+    from conftest import encode
+
+    from hf_unsafe2safe.inspection.grounding import RegionGrounder, grounding_queries
+    from hf_unsafe2safe.inspection.vlm import ModelStage1
+
+    (a_src, a_ins), (b_src, b_ins) = (
+        _lite_inspection(encode(np.random.RandomState(1).randint(0, 255, (80, 120, 3), np.uint8))),
+        _lite_inspection(encode(np.full((64, 96, 3), 120, np.uint8))),
+    )
+    private = {"private": True, "categories": ["people"], "review": [], "private_caption": "A man at a desk.", "public_caption": "A person at a desk.", "regions": []}
+    public = {"private": False, "categories": [], "review": [], "private_caption": "A grey wall.", "public_caption": "A grey wall.", "regions": []}
+    vlm = ScriptedGenerator([json.dumps(private), json.dumps(public)])
+    grounder = RegionGrounder(owl_path, None, "auto", "cpu", grounding_queries(load_taxonomy().ids), threshold=1e-4, batch_size=4)
+    stage = ModelStage1(VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids, grounder)
+    stage.apply([a_src.image, b_src.image], [a_ins, b_ins])
+    assert a_ins.flagged and any(r.source.endswith("owl") or "owl" in r.source.split("+") for r in a_ins.regions)
+    assert a_ins.error is None  # located: region edits, not the whole-image fallback
+    assert not b_ins.flagged and b_ins.regions == []  # grounding never flags on its own
+
+
+def test_private_without_any_region_gets_the_whole_image_fallback():
+    from conftest import encode
+
+    from hf_unsafe2safe.inspection.vlm import ModelStage1
+
+    src, ins = _lite_inspection(encode(np.full((64, 96, 3), 120, np.uint8)))
+    private = {"private": True, "categories": ["location_time"], "review": [{"item": "a bedroom", "reason": "a private home"}],
+               "private_caption": "A bedroom.", "public_caption": "A room.", "regions": []}
+    stage = ModelStage1(VLMInspector(ScriptedGenerator([json.dumps(private)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids)
+    stage.apply([src.image], [ins])
+    assert ins.flagged and "no sensitive region was located" in ins.error

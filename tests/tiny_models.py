@@ -82,3 +82,47 @@ def build_tiny_lm(path: str, seed: int = 0) -> str:
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def _byte_level_clip_vocab(folder) -> tuple[str, str]:
+    """A CLIP BPE vocabulary with no merges: one token per byte (514 entries), built offline."""
+    import json
+    import os
+
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    chars = [chr(c) for c in codes]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = 512, 513
+    os.makedirs(folder, exist_ok=True)
+    vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    with open(vocab_file, "w") as f:
+        json.dump(vocab, f)
+    with open(merges_file, "w") as f:
+        f.write("#version: 0.2\n")
+    return vocab_file, merges_file
+
+
+def build_tiny_owlv2(path: str, seed: int = 0) -> str:
+    import os
+
+    import torch
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    tokenizer = CLIPTokenizer(*_byte_level_clip_vocab(os.path.join(path, "_vocab")), pad_token="<|endoftext|>")
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    config = Owlv2Config(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514,
+                         max_position_embeddings=32, bos_token_id=512, eos_token_id=513, pad_token_id=513),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=16),
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    Owlv2ForObjectDetection(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -268,16 +268,18 @@ class ModelStage1:
 
     RAW_LIMIT = 2000  # characters of an unusable answer kept in the row
 
-    def __init__(self, inspector: VLMInspector, writer: EditInstructionWriter | None, order: tuple[str, ...]):
+    def __init__(self, inspector: VLMInspector, writer: EditInstructionWriter | None, order: tuple[str, ...], grounder=None):
         self.inspector = inspector
         self.writer = writer
         self.order = order
+        self.grounder = grounder  # grounding.RegionGrounder: more boxes for flagged rows only
 
     def apply(self, images: list, inspections: list) -> None:
         from .base import Region, ReviewItem
 
         answers = self.inspector.inspect(images)
         to_write = []
+        vlm_private = [a.parsed is not None and a.parsed.private for a in answers]
         for answer, ins in zip(answers, inspections):
             if answer.parsed is None:
                 ins.flagged = True
@@ -293,12 +295,18 @@ class ModelStage1:
             ins.private_caption, ins.public_caption = parsed.private_caption, parsed.public_caption
             ins.target_caption = parsed.public_caption
             ins.caption_source = C.CAPTION_VLM
-            if ins.flagged and not ins.regions and parsed.private:
-                ins.error = "the VLM flagged the image but located no sensitive region: the whole image is edited"
             if ins.flagged:
                 to_write.append(ins)
             else:
                 ins.edit_instruction = ""
+        if self.grounder is not None:
+            rows = [i for i, ins in enumerate(inspections) if ins.flagged and ins.error is None]
+            for i, extra in zip(rows, self.grounder.detect([images[i] for i in rows])):
+                inspections[i].regions = merge_regions(inspections[i].regions + extra)
+        for ins, said_private in zip(inspections, vlm_private):
+            # a VLM "private" with nothing located cannot be edited region by region (fail closed)
+            if said_private and ins.error is None and not ins.regions:
+                ins.error = "the VLM flagged the image but no sensitive region was located: the whole image is edited"
         if self.writer is not None and to_write:
             instructions, targets = self.writer.write([i.public_caption for i in to_write], [i.categories for i in to_write])
             for ins, instruction, target in zip(to_write, instructions, targets):

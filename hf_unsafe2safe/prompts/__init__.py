@@ -14,6 +14,7 @@ PROMPT_FILES = (
     "instruct_v1.txt",
     "target_caption_v1.txt",
     "box_formats.json",
+    "grounding_queries.json",
 )
 
 
