@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 
 from hf_unsafe2safe import Unsafe2Safe
 from hf_unsafe2safe import columns as C
+from hf_unsafe2safe.inspection.base import box_iou
 from hf_unsafe2safe.editing.lite import FALLBACK_CELLS, RegionEditor
 
 
@@ -47,14 +48,6 @@ def _error(row) -> str:
 
 def _labels(row) -> list[str]:
     return [region["label"] for region in row[C.PRIVACY_REGIONS]]
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 # ---- unreadable rows -----------------------------------------------------------------------------
@@ -270,7 +263,7 @@ def test_exif_rotated_face_is_found_and_the_output_is_upright(anonymize):
     # regions are in display coordinates: the same place as in the upright copy
     rot_face = next(r["box"] for r in rot_row[C.PRIVACY_REGIONS] if r["label"] == "face")
     up_face = next(r["box"] for r in up_row[C.PRIVACY_REGIONS] if r["label"] == "face")
-    assert _iou(rot_face, up_face) > 0.5, (rot_face, up_face)
+    assert box_iou(rot_face, up_face) > 0.5, (rot_face, up_face)
 
     data = rot_row["image"]["bytes"]
     with Image.open(io.BytesIO(data)) as out:

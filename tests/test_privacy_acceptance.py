@@ -35,6 +35,7 @@ from datasets import Dataset, Features, Image as ImageFeature  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hf_unsafe2safe import Unsafe2Safe, demo  # noqa: E402
+from hf_unsafe2safe.inspection.base import box_iou  # noqa: E402
 
 # ---- independent judges ---------------------------------------------------------------------------
 
@@ -89,14 +90,6 @@ def detect_faces(rgb: np.ndarray, hog, haar) -> dict[str, list[tuple[int, int, i
     return {"hog": hog_boxes, "haar": haar_boxes}
 
 
-def iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
 def _center_inside(a, b) -> bool:
     cx, cy = (a[0] + a[2]) / 2, (a[1] + a[3]) / 2
     return b[0] <= cx < b[2] and b[1] <= cy < b[3]
@@ -108,7 +101,7 @@ def _inside(a, b) -> bool:
 
 
 def same_place(a, b) -> bool:
-    return iou(a, b) > 0.3 or _center_inside(a, b) or _center_inside(b, a)
+    return box_iou(a, b) > 0.3 or _center_inside(a, b) or _center_inside(b, a)
 
 
 # ---- the transform, called as users call it -----------------------------------------------------

@@ -41,3 +41,12 @@ class Inspection:
     target_caption: str = ""
     caption_source: str = "template"
     error: str | None = None  # set when inspection itself failed (the row is then flagged: fail closed)
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two [x0, y0, x1, y1] boxes."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .. import columns as C
 from ..prompts import load_json, load_text
+from .base import box_iou
 from .parsing import AnswerError, ParsedInspection, parse_inspection
 
 logger = logging.getLogger(__name__)
@@ -228,14 +229,6 @@ def clean_instruction(text: str, max_words: int) -> str:
     line = line.strip("\"'` ")
     words = line.split()
     return " ".join(words[:max_words])
-
-
-def box_iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 def merge_regions(regions: list, iou: float = 0.5) -> list:
