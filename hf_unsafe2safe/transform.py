@@ -256,20 +256,21 @@ class Unsafe2Safe:
         from .utils.images import encode, from_edit_array, pass_through, to_edit_array
 
         removed = list(source.metadata.removed)
-        if not inspection.flagged:
-            data, reencoded = pass_through(source)
-            return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_PASSED, "none", seed, None, removed + (["reencoded"] if reencoded else []))
         quality = self.config.editor.jpeg_quality
-        visual = inspection.regions
-        if inspection.error is None and not visual:
-            # flagged by metadata alone: removing it is the edit; the pixels carry nothing we found
-            data, reencoded = pass_through(source)
-            return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, "metadata-strip", seed, None, removed)
+        if not inspection.flagged or (inspection.error is None and not inspection.regions):
+            # unflagged, or flagged by metadata alone (removing it is the edit; the pixels hold nothing found)
+            try:
+                data, reencoded = pass_through(source)
+            except Exception as exc:  # noqa: BLE001 - the container could not be rewritten: write the pixels anew
+                logger.warning("pass-through failed (%s); re-encoding", describe_error(exc))
+                data, reencoded = encode(source.image, source, quality), True
+            status, editor_name = (C.STATUS_EDITED, "metadata-strip") if inspection.flagged else (C.STATUS_PASSED, "none")
+            return RowResult({"bytes": data, "path": None}, inspection, status, editor_name, seed, None, removed + (["reencoded"] if reencoded else []))
         errors = [inspection.error] if inspection.error else []
         if inspection.error is None:
             try:
                 pixels, mode = to_edit_array(source.image)
-                edited, _ = editor.edit(pixels, visual)
+                edited, _ = editor.edit(pixels, inspection.regions)
                 data = encode(from_edit_array(edited, mode), source, quality)
                 return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, editor.name, seed, None, removed)
             except Exception as exc:  # noqa: BLE001
