@@ -116,6 +116,18 @@ def config_from_args(args, image_column: str):
         raise SystemExit(f"error: {err}") from err
 
 
+def _load_models(anonymize, args) -> None:
+    """In a single process, load every model before the first row, so a wrong id fails at once and clearly
+    (worker processes of --num-proc load their own copies)."""
+    if args.num_proc and args.num_proc > 1:
+        return
+    try:
+        anonymize.load()
+    except (OSError, ValueError, ImportError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"error: could not load the models of preset {args.preset!r}: {first_line}") from err
+
+
 def _prepare_output(path: str, overwrite: bool) -> None:
     if os.path.exists(path) and os.listdir(path):
         if not overwrite:
@@ -137,6 +149,7 @@ def cmd_anonymize(args) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
     anonymize = config_from_args(args, column)
+    _load_models(anonymize, args)
     safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
     safe.save_to_disk(args.output)
     summary = summarize(safe)
@@ -165,6 +178,7 @@ def cmd_demo(args) -> int:
         shutil.rmtree(target)
     source = build_demo_dataset()
     anonymize = config_from_args(args, "image")
+    _load_models(anonymize, args)
     safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
     safe.save_to_disk(target)
     summary = summarize(safe)

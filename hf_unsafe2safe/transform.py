@@ -172,6 +172,13 @@ class Unsafe2Safe:
             RegionEditor(self.config.editor),
         )
 
+    def load(self, rank: int | None = None) -> "Unsafe2Safe":
+        """Build every stage now, in this process (``map`` otherwise builds them on the first batch), so that a
+        wrong model id or a missing weight fails before any row is processed."""
+        self.stages()
+        self.model_stage(rank)
+        return self
+
     def stages(self):
         if self._runtime is None:
             self._runtime = self.build_stages()

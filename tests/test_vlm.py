@@ -271,3 +271,26 @@ def test_private_without_any_region_gets_the_whole_image_fallback():
     stage = ModelStage1(VLMInspector(ScriptedGenerator([json.dumps(private)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids)
     stage.apply([src.image], [ins])
     assert ins.flagged and "no sensitive region was located" in ins.error
+
+
+def test_cli_with_local_tiny_models_and_a_clear_error_for_missing_ones(vlm_path, lm_path, tmp_path, capsys):
+    import datasets
+    from conftest import encode
+
+    from hf_unsafe2safe import columns as C
+    from hf_unsafe2safe.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encode(np.full((40, 60, 3), 90, np.uint8), "PNG"))
+    (folder / "b.png").write_bytes(encode(np.full((50, 30, 3), 200, np.uint8), "PNG"))
+    args = ["anonymize", str(folder), "--output", str(tmp_path / "out"), "--set", f"vlm.model={vlm_path}",
+            "--set", "vlm.max_new_tokens=4", "--set", f"instructor.model={lm_path}", "--set", "instructor.max_new_tokens=4"]
+    assert main(args) == 0
+    safe = datasets.load_from_disk(str(tmp_path / "out"))["train"]  # no --split: every split, as a DatasetDict
+    assert [a["status"] for a in safe[C.ANONYMIZATION]] == [C.STATUS_FALLBACK, C.STATUS_FALLBACK]  # garbage answers: fail closed
+    assert "fallback" in capsys.readouterr().out
+    # a model that is neither a local path nor in the (offline) cache: one clear line, before any row is processed
+    with pytest.raises(SystemExit, match="could not load the models"):
+        main(["anonymize", str(folder), "--output", str(tmp_path / "out2"), "--set", "vlm.model=nobody/no-such-model"])
+    assert not (tmp_path / "out2").exists()
