@@ -185,6 +185,29 @@ class GroundingConfig(ModelConfig):
 
 
 @dataclass
+class DiffusionEditorConfig(ModelConfig):
+    """Stage 2 with a ``diffusers`` instruction editor, composited back inside the sensitive regions only."""
+
+    name: str = "instruct-pix2pix"
+    steps: int = 20
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+    max_side: int = 512  # working resolution: longer side, aspect kept, snapped to the model's multiple
+    batch_size: int = 4
+    # a region whose pixels moved less than this (mean |diff|, 0-255) is re-edited with the lite editor
+    min_change: float = 12.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .editing.diffusion import EDITORS
+
+        _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
+        _check(isinstance(self.steps, int) and self.steps >= 1, "diffusion.steps", self.steps, "an int >= 1")
+        _check(isinstance(self.max_side, int) and self.max_side >= 64, "diffusion.max_side", self.max_side, "an int >= 64")
+        _check(self.min_change >= 0, "diffusion.min_change", self.min_change, "a number >= 0")
+
+
+@dataclass
 class PipelineConfig:
     """The whole Unsafe2Safe run: which column, which stages, how they are set."""
 
@@ -202,6 +225,8 @@ class PipelineConfig:
     vlm: VLMInspectorConfig | None = None
     instructor: InstructorConfig | None = None
     grounding: GroundingConfig | None = None
+    # Stage 2 with a diffusion editor; None keeps the lite region edits
+    diffusion: DiffusionEditorConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.inspector, dict):
@@ -214,6 +239,8 @@ class PipelineConfig:
             self.instructor = InstructorConfig(**self.instructor)
         if isinstance(self.grounding, dict):
             self.grounding = GroundingConfig(**self.grounding)
+        if isinstance(self.diffusion, dict):
+            self.diffusion = DiffusionEditorConfig(**self.diffusion)
         _check(self.grounding is None or self.vlm is not None, "grounding", "set without `vlm`", "a VLM as well (grounding only locates, it does not flag)")
         _check(self.preset in PRESETS, "preset", self.preset, f"one of {sorted(PRESETS)}")
         _check(isinstance(self.image_column, str) and bool(self.image_column), "image_column", self.image_column, "a column name")

@@ -55,6 +55,7 @@ class Unsafe2Safe:
         self.config = config
         self._runtime = None
         self._model_stage = None
+        self._diffusion = None
         self._warned_decoded = False
 
     @classmethod
@@ -177,6 +178,7 @@ class Unsafe2Safe:
         wrong model id or a missing weight fails before any row is processed."""
         self.stages()
         self.model_stage(rank)
+        self.diffusion_editor(rank)
         return self
 
     def stages(self):
@@ -249,17 +251,44 @@ class Unsafe2Safe:
                 logger.exception("model inspection failed")
                 for _, _, ins in rows:
                     ins.flagged, ins.error = True, f"model inspection failed: {describe_error(exc)}"
-        # 4. Stage 2 for flagged rows only; unflagged rows keep their bytes
-        for index, source, inspection in rows:
-            result = self._finish(source, inspection, editor, row_seed(self.config.seed, source.sha256))
+        # 4. Stage 2, diffusion (when configured): one bucketed, batched pass over the rows with regions to edit
+        diffused, diffusion_error = self._diffuse(rows, rank)
+        # 5. Stage 2 for flagged rows only; unflagged rows keep their bytes
+        for k, (index, source, inspection) in enumerate(rows):
+            result = self._finish(source, inspection, editor, row_seed(self.config.seed, source.sha256), diffused.get(k), diffusion_error)
             result.original = {"bytes": source.data, "path": None} if self.config.keep_original else None
             results[index] = result
         return results
 
+    def diffusion_editor(self, rank: int | None):
+        """The diffusers editor on the rank's device (built once per process), or None."""
+        if self.config.diffusion is None:
+            return None
+        if self._diffusion is None:
+            from .editing.diffusion import build_editor
+            from .inspection.vlm import pick_device
+
+            self._diffusion = build_editor(self.config.diffusion, pick_device(rank))
+        return self._diffusion
+
+    def _diffuse(self, rows, rank) -> tuple[dict, str | None]:
+        editor = self.diffusion_editor(rank)
+        todo = [k for k, (_, _, ins) in enumerate(rows) if editor is not None and ins.flagged and ins.error is None and ins.regions]
+        if not todo:
+            return {}, None
+        try:
+            images = [rows[k][1].image for k in todo]
+            prompts = [rows[k][2].edit_instruction or rows[k][2].public_caption for k in todo]
+            seeds = [row_seed(self.config.seed, rows[k][1].sha256) for k in todo]
+            return dict(zip(todo, editor.edit(images, prompts, seeds))), None
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: these rows get the lite region edit
+            logger.exception("diffusion editing failed; using the lite region editor")
+            return {}, f"{editor.name} failed: {describe_error(exc)}"
+
     def _invalid(self, message: str) -> RowResult:
         return RowResult(None, None, C.STATUS_INVALID, "none", -1, message, [])
 
-    def _finish(self, source, inspection, editor, seed: int) -> RowResult:
+    def _finish(self, source, inspection, editor, seed: int, diffused=None, diffusion_error: str | None = None) -> RowResult:
         from .utils.images import encode, from_edit_array, pass_through, to_edit_array
 
         removed = list(source.metadata.removed)
@@ -274,12 +303,20 @@ class Unsafe2Safe:
             status, editor_name = (C.STATUS_EDITED, "metadata-strip") if inspection.flagged else (C.STATUS_PASSED, "none")
             return RowResult({"bytes": data, "path": None}, inspection, status, editor_name, seed, None, removed + (["reencoded"] if reencoded else []))
         errors = [inspection.error] if inspection.error else []
+        if diffusion_error and inspection.error is None:
+            errors.append(diffusion_error)
+        if diffused is not None:
+            try:
+                return self._composite(source, inspection, editor, seed, diffused, removed)
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("diffusion composite failed; using the lite region editor")
+                errors.append(f"{self.config.diffusion.name} composite failed: {describe_error(exc)}")
         if inspection.error is None:
             try:
                 pixels, mode = to_edit_array(source.image)
                 edited, _ = editor.edit(pixels, inspection.regions)
                 data = encode(from_edit_array(edited, mode), source, quality)
-                return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, editor.name, seed, None, removed)
+                return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, editor.name, seed, "; ".join(errors) or None, removed)
             except Exception as exc:  # noqa: BLE001
                 logger.exception("region edit failed; using the whole-image fallback")
                 errors.append(f"region edit failed: {describe_error(exc)}")
@@ -291,6 +328,24 @@ class Unsafe2Safe:
             logger.exception("fallback edit failed; emptying the image")
             errors.append(f"fallback failed: {describe_error(exc)}")
             return RowResult(None, inspection, C.STATUS_FAILED, "none", seed, "; ".join(errors), removed)
+
+    def _composite(self, source, inspection, editor, seed, diffused, removed) -> RowResult:
+        """The diffusion output inside the regions; regions it left nearly unchanged get the lite edit too."""
+        from .editing.diffusion import composite, unchanged_regions
+        from .utils.images import encode, from_edit_array, to_edit_array
+
+        d, e = self.config.diffusion, self.config.editor
+        result = composite(source.image, diffused, inspection.regions, e.dilation, e.feather)
+        stale = unchanged_regions(source.image, result, inspection.regions, d.min_change)
+        name = d.name
+        if stale:
+            pixels, mode = to_edit_array(result)
+            pixels, _ = editor.edit(pixels, stale)
+            result = from_edit_array(pixels, mode)
+            name = f"{d.name}+{editor.name}"
+        note = f"{len(stale)} region(s) left nearly unchanged by {d.name} got the {editor.name} edit" if stale else None
+        data = encode(result, source, e.jpeg_quality)
+        return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, name, seed, note, removed)
 
     def _columns(self, results: list[RowResult]) -> dict:
         out = {name: [] for name in C.ADDED_COLUMNS}

@@ -126,3 +126,34 @@ def build_tiny_owlv2(path: str, seed: int = 0) -> str:
     Owlv2ForObjectDetection(config).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def build_tiny_instruct_pix2pix(path: str, seed: int = 0) -> str:
+    """A 2-block InstructPix2Pix pipeline (UNet with 8 input channels, tiny VAE and CLIP text encoder)."""
+    import os
+
+    import torch
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=8, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514,
+        max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+    ))
+    tokenizer = CLIPTokenizer(*_byte_level_clip_vocab(os.path.join(path, "_vocab")), pad_token="<|endoftext|>", model_max_length=77)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=EulerAncestralDiscreteScheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path

@@ -1,0 +1,108 @@
+"""Stage 2 with diffusers: a tiny random-weight InstructPix2Pix pipeline saved and loaded via from_pretrained."""
+
+import io
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+from conftest import encode  # noqa: E402
+from tiny_models import build_tiny_instruct_pix2pix  # noqa: E402
+
+from hf_unsafe2safe import Unsafe2Safe  # noqa: E402
+from hf_unsafe2safe import columns as C  # noqa: E402
+from hf_unsafe2safe.config import DiffusionEditorConfig  # noqa: E402
+from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor, region_mask, working_size  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ip2p_path(tmp_path_factory):
+    return build_tiny_instruct_pix2pix(str(tmp_path_factory.mktemp("tiny-ip2p")))
+
+
+@pytest.fixture(scope="module")
+def editor(ip2p_path):
+    return InstructPix2PixEditor(DiffusionEditorConfig(model=ip2p_path, steps=2, max_side=64, batch_size=4), "cpu")
+
+
+def _pil(data):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
+
+
+def test_working_size_keeps_aspect_and_snaps():
+    assert working_size((640, 480), 512, 8) == (512, 384)
+    assert working_size((1000, 333), 512, 16) == (512, 176)
+    assert working_size((30, 20), 512, 8) == (32, 24)
+
+
+def test_outputs_come_back_at_source_size_and_do_not_depend_on_the_batch(editor):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    images = [Image.fromarray(rng.randint(0, 255, (h, w, 3), np.uint8)) for h, w in ((48, 64), (100, 50), (48, 64))]
+    out = editor.edit(images, ["make it blue", "x", "y"], [1, 2, 3])
+    assert [o.size for o in out] == [im.size for im in images]
+    alone = editor.edit([images[2]], ["y"], [3])[0]
+    assert np.abs(np.asarray(alone, np.int16) - np.asarray(out[2], np.int16)).max() <= 1  # float noise only
+    other_seed = editor.edit([images[2]], ["y"], [4])[0]
+    assert not np.array_equal(np.asarray(other_seed), np.asarray(alone))
+
+
+def test_region_mask_is_one_inside_and_zero_far_away():
+    from hf_unsafe2safe.inspection.base import Region
+
+    weight = region_mask((100, 80), [Region("face", "people", (20, 20, 40, 40), 1.0, "x")], dilation=0.0, feather=3)
+    assert weight[20:40, 20:40].min() == 1.0
+    assert weight[:16].max() == 0.0 and weight[45:].max() == 0.0
+    assert 0 < weight[18, 30] < 1  # the feather ramp
+
+
+def test_transform_edits_regions_with_the_diffusion_editor_only(ip2p_path):
+    from skimage import data
+
+    anonymize = Unsafe2Safe.from_preset("lite", diffusion={"model": ip2p_path, "steps": 2, "max_side": 64})
+    face = encode(data.astronaut()[::4, ::4], "PNG")
+    plain = encode(np.full((40, 60, 3), 120, np.uint8), "PNG")
+    out = anonymize({"image": [{"bytes": face, "path": None}, {"bytes": plain, "path": None}]})
+    status = out[C.ANONYMIZATION][0]
+    assert status["status"] == C.STATUS_EDITED and status["editor"].startswith("instruct-pix2pix")
+    assert out["image"][1]["bytes"] == plain  # unflagged rows never reach the editor
+    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(out["image"][0]["bytes"]).convert("RGB"), np.int16)
+    assert before.shape == after.shape
+    from hf_unsafe2safe.inspection.base import Region
+
+    e = anonymize.config.editor
+    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in out[C.PRIVACY_REGIONS][0]]
+    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
+    assert weight.max() == 1
+    assert np.array_equal(before[weight == 0], after[weight == 0])  # outside the regions: the source, exactly
+    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5  # inside: rewritten
+
+
+class _CrashingEditor:
+    name = "instruct-pix2pix"
+
+    def edit(self, images, prompts, seeds):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+class _CrashingPipeline(Unsafe2Safe):
+    """A diffusion editor that fails, plugged in through the diffusion_editor hook: fault injection."""
+
+    def diffusion_editor(self, rank):
+        return _CrashingEditor()
+
+
+def test_a_failing_diffusion_editor_falls_back_to_the_lite_region_edit():
+    from skimage import data
+
+    anonymize = _CrashingPipeline.from_preset("lite", diffusion={"model": "unused", "steps": 2})
+    face = encode(data.astronaut()[::4, ::4], "PNG")
+    out = anonymize({"image": [{"bytes": face, "path": None}]})
+    status = out[C.ANONYMIZATION][0]
+    assert status["status"] == C.STATUS_EDITED and status["editor"] == "lite"
+    assert "out of memory" in status["error"]
+    assert out["image"][0]["bytes"] != face
