@@ -25,6 +25,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="rows per map batch (default: 16)")
     p.add_argument("--num-proc", type=int, default=1, help="worker processes for datasets.map (default: 1; 2 uses both cores of a 2-core machine)")
     p.add_argument("--seed", type=int, default=0, help="global seed; each row's seed derives from it and the image content (default: 0)")
+    p.add_argument(
+        "--editor",
+        default=None,
+        choices=("lite", "instruct-pix2pix"),
+        help=(
+            "Stage 2 editor (default: the preset's). lite: pixelate/blur/fill/inpaint per category, CPU; "
+            "instruct-pix2pix: diffusers StableDiffusionInstructPix2PixPipeline driven by the edit instruction, "
+            "composited inside the sensitive regions (model: --set diffusion.model=ID_OR_PATH, default "
+            "timbrooks/instruct-pix2pix; a GPU is strongly advised)"
+        ),
+    )
     p.add_argument("--detectors", default=None, help=f"comma-separated lite detectors to run, among {','.join(DETECTORS)} (default: all)")
     p.add_argument(
         "--set",
@@ -101,6 +112,10 @@ def config_from_args(args, image_column: str):
         if unknown:
             raise SystemExit(f"error: Got {sorted(unknown)} for --detectors; choose among {','.join(DETECTORS)}")
         overrides["inspector"] = {name: name in chosen for name in DETECTORS}
+    if args.editor == "lite":
+        overrides["diffusion"] = None
+    elif args.editor:
+        overrides["diffusion"] = {"name": args.editor}
     for item in args.overrides:
         if "=" not in item:
             raise SystemExit(f"error: Got {item!r} for --set; expected KEY=VALUE")
@@ -108,7 +123,9 @@ def config_from_args(args, image_column: str):
         node = overrides
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
         node[parts[-1]] = _parse_value(value)
     try:
         return Unsafe2Safe.from_preset(args.preset, **overrides)

@@ -188,7 +188,10 @@ class GroundingConfig(ModelConfig):
 class DiffusionEditorConfig(ModelConfig):
     """Stage 2 with a ``diffusers`` instruction editor, composited back inside the sensitive regions only."""
 
+    model: str = "timbrooks/instruct-pix2pix"
     name: str = "instruct-pix2pix"
+    # "regions": composite inside the sensitive regions only; "global": the paper's whole-image edit
+    mode: str = "regions"
     steps: int = 20
     guidance_scale: float = 7.5
     image_guidance_scale: float = 1.5
@@ -202,6 +205,7 @@ class DiffusionEditorConfig(ModelConfig):
         from .editing.diffusion import EDITORS
 
         _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
+        _check(self.mode in ("regions", "global"), "diffusion.mode", self.mode, "'regions' or 'global'")
         _check(isinstance(self.steps, int) and self.steps >= 1, "diffusion.steps", self.steps, "an int >= 1")
         _check(isinstance(self.max_side, int) and self.max_side >= 64, "diffusion.max_side", self.max_side, "an int >= 64")
         _check(self.min_change >= 0, "diffusion.min_change", self.min_change, "a number >= 0")
@@ -291,6 +295,7 @@ def _fast() -> dict:
         "vlm": {"model": "Qwen/Qwen3-VL-2B-Instruct", "box_format": "relative1000", "image_max_side": 1024},
         "instructor": {"model": "Qwen/Qwen2.5-1.5B-Instruct"},
         "grounding": {"model": "google/owlv2-base-patch16-ensemble", "threshold": 0.2},
+        "diffusion": {"name": "instruct-pix2pix", "model": "timbrooks/instruct-pix2pix", "steps": 20, "max_side": 512},
     }
 
 
@@ -301,6 +306,7 @@ def _paper() -> dict:
         "vlm": {"model": "OpenGVLab/InternVL3_5-8B-HF", "box_format": "relative1000", "image_max_side": 1344},
         "instructor": {"model": "Qwen/Qwen3-4B-Instruct-2507"},
         "grounding": {"model": "google/owlv2-large-patch14-ensemble", "threshold": 0.2},
+        "diffusion": {"name": "instruct-pix2pix", "model": "timbrooks/instruct-pix2pix", "steps": 20, "max_side": 512},
     }
 
 

@@ -331,11 +331,13 @@ class Unsafe2Safe:
 
     def _composite(self, source, inspection, editor, seed, diffused, removed) -> RowResult:
         """The diffusion output inside the regions; regions it left nearly unchanged get the lite edit too."""
-        from .editing.diffusion import composite, unchanged_regions
+        from .editing.diffusion import composite, is_blank, unchanged_regions
         from .utils.images import encode, from_edit_array, to_edit_array
 
         d, e = self.config.diffusion, self.config.editor
-        result = composite(source.image, diffused, inspection.regions, e.dilation, e.feather)
+        if is_blank(diffused):
+            raise ValueError("the editor returned a blank image")
+        result = composite(source.image, diffused, inspection.regions, e.dilation, e.feather, whole_image=d.mode == "global")
         stale = unchanged_regions(source.image, result, inspection.regions, d.min_change)
         name = d.name
         if stale:

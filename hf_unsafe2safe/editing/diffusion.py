@@ -41,8 +41,9 @@ def region_mask(size: tuple[int, int], regions, dilation: float, feather: int) -
     return weight
 
 
-def composite(source, edited_rgb, regions, dilation: float, feather: int):
-    """The source PIL image with ``edited_rgb`` (PIL, any size) blended in inside the regions; source mode kept."""
+def composite(source, edited_rgb, regions, dilation: float, feather: int, whole_image: bool = False):
+    """The source PIL image with ``edited_rgb`` (PIL, any size) blended in inside the regions (or everywhere with
+    ``whole_image``, the paper's global edit); source mode kept."""
     from PIL import Image
 
     from ..utils.images import from_edit_array, to_edit_array
@@ -53,7 +54,7 @@ def composite(source, edited_rgb, regions, dilation: float, feather: int):
     edited = edited_rgb.convert("RGB").resize(source.size, Image.Resampling.LANCZOS)
     colour_mode = {"RGBA": "RGB", "LA": "L"}.get(mode, mode)
     edited_px = np.asarray(edited.convert(colour_mode), dtype=np.float64)
-    weight = region_mask(source.size, regions, dilation, feather)
+    weight = np.ones(source.size[::-1]) if whole_image else region_mask(source.size, regions, dilation, feather)
     out = pixels.astype(np.float64)
     colour = out[..., : edited_px.shape[-1]] if edited_px.ndim == 3 else (out[..., 0] if out.ndim == 3 else out)
     w = weight[..., None] if colour.ndim == 3 else weight
@@ -77,6 +78,11 @@ def unchanged_regions(source, result, regions, threshold: float) -> list:
         if np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]).mean() < threshold:
             stale.append(region)
     return stale
+
+
+def is_blank(image) -> bool:
+    """An all-black (or nearly) output, what a safety filter returns: not an edit."""
+    return float(np.asarray(image.convert("L")).max()) < 8
 
 
 class InstructPix2PixEditor:
@@ -108,18 +114,32 @@ class InstructPix2PixEditor:
         out: list = [None] * len(images)
         for size, idx in buckets.items():
             for start in range(0, len(idx), c.batch_size):
-                chunk = idx[start : start + c.batch_size]
-                results = self.pipe(
-                    prompt=[prompts[i] for i in chunk],
-                    image=[images[i].convert("RGB").resize(size) for i in chunk],
-                    num_inference_steps=c.steps,
-                    guidance_scale=c.guidance_scale,
-                    image_guidance_scale=c.image_guidance_scale,
-                    generator=[self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in chunk],
-                ).images
-                for i, img in zip(chunk, results):
-                    out[i] = img.resize(images[i].size)
+                self._run(idx[start : start + c.batch_size], size, images, prompts, seeds, out)
         return out
+
+    def _run(self, chunk: list[int], size, images, prompts, seeds, out) -> None:
+        c = self.config
+        try:
+            results = self.pipe(
+                prompt=[prompts[i] for i in chunk],
+                image=[images[i].convert("RGB").resize(size) for i in chunk],
+                num_inference_steps=c.steps,
+                guidance_scale=c.guidance_scale,
+                image_guidance_scale=c.image_guidance_scale,
+                generator=[self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in chunk],
+            ).images
+        except self._torch.cuda.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            # split the batch and retry: per-row generators make the halves give the same rows as the whole
+            self._torch.cuda.empty_cache()
+            half = len(chunk) // 2
+            logger.warning("out of GPU memory at batch %d; retrying as %d + %d", len(chunk), half, len(chunk) - half)
+            self._run(chunk[:half], size, images, prompts, seeds, out)
+            self._run(chunk[half:], size, images, prompts, seeds, out)
+            return
+        for i, img in zip(chunk, results):
+            out[i] = img.resize(images[i].size)
 
 
 def build_editor(config, device: str):
