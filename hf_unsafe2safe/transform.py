@@ -278,8 +278,17 @@ class Unsafe2Safe:
             return {}, None
         try:
             images = [rows[k][1].image for k in todo]
-            prompts = [rows[k][2].edit_instruction or rows[k][2].public_caption for k in todo]
             seeds = [row_seed(self.config.seed, rows[k][1].sha256) for k in todo]
+            if editor.uses_mask:  # repaint the regions from a caption of what should be there
+                from PIL import Image
+
+                from .editing.diffusion import region_mask
+
+                e = self.config.editor
+                prompts = [rows[k][2].target_caption or rows[k][2].public_caption for k in todo]
+                masks = [Image.fromarray((region_mask(img.size, rows[k][2].regions, e.dilation, e.feather) > 0).astype("uint8") * 255) for k, img in zip(todo, images)]
+                return dict(zip(todo, editor.edit(images, prompts, seeds, masks))), None
+            prompts = [rows[k][2].edit_instruction or rows[k][2].public_caption for k in todo]
             return dict(zip(todo, editor.edit(images, prompts, seeds))), None
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: these rows get the lite region edit
             logger.exception("diffusion editing failed; using the lite region editor")

@@ -84,6 +84,7 @@ def test_transform_edits_regions_with_the_diffusion_editor_only(ip2p_path):
 
 class _CrashingEditor:
     name = "instruct-pix2pix"
+    uses_mask = False
 
     def edit(self, images, prompts, seeds):
         raise RuntimeError("CUDA out of memory (simulated)")
@@ -136,3 +137,23 @@ def test_global_mode_rewrites_the_whole_image(ip2p_path):
     out = anonymize({"image": [{"bytes": face, "path": None}]})
     before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(out["image"][0]["bytes"]).convert("RGB"), np.int16)
     assert (np.abs(before - after).sum(axis=2) > 0).mean() > 0.9  # nearly every pixel rewritten, as in the paper
+
+
+def test_inpaint_editor_repaints_the_region_masks(tmp_path):
+    from skimage import data
+    from tiny_models import build_tiny_inpaint
+
+    path = build_tiny_inpaint(str(tmp_path / "inpaint"))
+    anonymize = Unsafe2Safe.from_preset("lite", diffusion={"name": "inpaint", "model": path, "steps": 2, "max_side": 64})
+    face = encode(data.astronaut()[::4, ::4], "PNG")
+    out = anonymize({"image": [{"bytes": face, "path": None}]})
+    assert out[C.ANONYMIZATION][0]["editor"].startswith("inpaint")
+    assert anonymize._diffusion.pipe.__class__.__name__ == "StableDiffusionInpaintPipeline"
+    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(out["image"][0]["bytes"]).convert("RGB"), np.int16)
+    from hf_unsafe2safe.inspection.base import Region
+
+    e = anonymize.config.editor
+    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in out[C.PRIVACY_REGIONS][0]]
+    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
+    assert np.array_equal(before[weight == 0], after[weight == 0])
+    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5

@@ -130,15 +130,28 @@ def build_tiny_owlv2(path: str, seed: int = 0) -> str:
 
 def build_tiny_instruct_pix2pix(path: str, seed: int = 0) -> str:
     """A 2-block InstructPix2Pix pipeline (UNet with 8 input channels, tiny VAE and CLIP text encoder)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    return _build_tiny_sd(path, seed, 8, StableDiffusionInstructPix2PixPipeline)
+
+
+def build_tiny_inpaint(path: str, seed: int = 0) -> str:
+    """A 2-block Stable Diffusion inpainting pipeline (UNet with 9 input channels)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return _build_tiny_sd(path, seed, 9, StableDiffusionInpaintPipeline)
+
+
+def _build_tiny_sd(path: str, seed: int, in_channels: int, pipeline_cls) -> str:
     import os
 
     import torch
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=8, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, norm_num_groups=8,
     )
@@ -151,7 +164,7 @@ def build_tiny_instruct_pix2pix(path: str, seed: int = 0) -> str:
         max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
     ))
     tokenizer = CLIPTokenizer(*_byte_level_clip_vocab(os.path.join(path, "_vocab")), pad_token="<|endoftext|>", model_max_length=77)
-    pipe = StableDiffusionInstructPix2PixPipeline(
+    pipe = pipeline_cls(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=EulerAncestralDiscreteScheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )

@@ -19,7 +19,7 @@ from .lite import _feather_weight, _grow
 
 logger = logging.getLogger(__name__)
 
-EDITORS = ("instruct-pix2pix",)
+EDITORS = ("instruct-pix2pix", "inpaint")
 
 
 def working_size(size: tuple[int, int], max_side: int, multiple: int) -> tuple[int, int]:
@@ -105,9 +105,24 @@ class InstructPix2PixEditor:
         self.multiple = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
         self._torch = torch
 
-    def edit(self, images: list, prompts: list[str], seeds: list[int]) -> list:
-        """Edited PIL images at each source's size; one pipeline call per (working size, batch) bucket."""
+    uses_mask = False
+
+    def _call(self, prompts, images, masks, size, generators):
         c = self.config
+        return self.pipe(
+            prompt=prompts,
+            image=images,
+            num_inference_steps=c.steps,
+            guidance_scale=c.guidance_scale,
+            image_guidance_scale=c.image_guidance_scale,
+            generator=generators,
+        ).images
+
+    def edit(self, images: list, prompts: list[str], seeds: list[int], masks: list | None = None) -> list:
+        """Edited PIL images at each source's size; one pipeline call per (working size, batch) bucket.
+        ``masks``: PIL "L" images (white = repaint) for editors that take one."""
+        c = self.config
+        self._masks = masks
         buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, img in enumerate(images):
             buckets[working_size(img.size, c.max_side, self.multiple)].append(i)
@@ -118,16 +133,14 @@ class InstructPix2PixEditor:
         return out
 
     def _run(self, chunk: list[int], size, images, prompts, seeds, out) -> None:
-        c = self.config
         try:
-            results = self.pipe(
-                prompt=[prompts[i] for i in chunk],
-                image=[images[i].convert("RGB").resize(size) for i in chunk],
-                num_inference_steps=c.steps,
-                guidance_scale=c.guidance_scale,
-                image_guidance_scale=c.image_guidance_scale,
-                generator=[self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in chunk],
-            ).images
+            results = self._call(
+                [prompts[i] for i in chunk],
+                [images[i].convert("RGB").resize(size) for i in chunk],
+                [self._masks[i].resize(size) for i in chunk] if self._masks is not None else None,
+                size,
+                [self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in chunk],
+            )
         except self._torch.cuda.OutOfMemoryError:
             if len(chunk) == 1:
                 raise
@@ -142,7 +155,43 @@ class InstructPix2PixEditor:
             out[i] = img.resize(images[i].size)
 
 
+class InpaintEditor(InstructPix2PixEditor):
+    """``AutoPipelineForInpainting`` (e.g. an SD inpainting checkpoint): the region mask is repainted from the
+    prompt (the row's target caption), the rest of the image is context."""
+
+    name = "inpaint"
+    uses_mask = True
+
+    def __init__(self, config, device: str):
+        import torch
+        from diffusers import AutoPipelineForInpainting
+
+        from ..inspection.vlm import pick_dtype
+
+        self.config = config
+        self.device = device
+        self.pipe = AutoPipelineForInpainting.from_pretrained(
+            config.model, revision=config.revision, dtype=pick_dtype(config.dtype, device), safety_checker=None, requires_safety_checker=False
+        ).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.multiple = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        self._torch = torch
+
+    def _call(self, prompts, images, masks, size, generators):
+        return self.pipe(
+            prompt=prompts,
+            image=images,
+            mask_image=masks,
+            height=size[1],
+            width=size[0],
+            num_inference_steps=self.config.steps,
+            guidance_scale=self.config.guidance_scale,
+            generator=generators,
+        ).images
+
+
 def build_editor(config, device: str):
-    if config.name == "instruct-pix2pix":
-        return InstructPix2PixEditor(config, device)
-    raise ValueError(f"Got {config.name!r} for `diffusion.name`; expected one of {EDITORS}")
+    editors = {"instruct-pix2pix": InstructPix2PixEditor, "inpaint": InpaintEditor}
+    if config.name not in editors:
+        raise ValueError(f"Got {config.name!r} for `diffusion.name`; expected one of {EDITORS}")
+    return editors[config.name](config, device)
