@@ -188,7 +188,7 @@ class GroundingConfig(ModelConfig):
 class DiffusionEditorConfig(ModelConfig):
     """Stage 2 with a ``diffusers`` instruction editor, composited back inside the sensitive regions only."""
 
-    model: str = "timbrooks/instruct-pix2pix"
+    model: str = ""  # empty: the default checkpoint of `name` (DEFAULT_EDITOR_MODELS)
     name: str = "instruct-pix2pix"
     # "regions": composite inside the sensitive regions only; "global": the paper's whole-image edit
     mode: str = "regions"
@@ -199,10 +199,25 @@ class DiffusionEditorConfig(ModelConfig):
     batch_size: int = 4
     # a region whose pixels moved less than this (mean |diff|, 0-255) is re-edited with the lite editor
     min_change: float = 12.0
+    # FlowEdit only (the paper's settings): guidance of the source and target prompts, the steps it edits
+    # (n_max of `steps`, the last n_min of them by plain sampling) and the noise samples averaged per step
+    source_guidance: float = 3.5
+    target_guidance: float = 13.5
+    n_min: int = 0
+    n_max: int = 33
+    n_avg: int = 1
+    # SD3 without its T5 encoder (diffusers' documented memory saver; also what the tiny test model has)
+    without_t5: bool = False
 
     def __post_init__(self) -> None:
+        from .editing.diffusion import DEFAULT_EDITOR_MODELS, EDITORS
+
+        _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
+        if not self.model:
+            self.model = DEFAULT_EDITOR_MODELS[self.name]
         super().__post_init__()
-        from .editing.diffusion import EDITORS
+        _check(isinstance(self.n_max, int) and isinstance(self.n_min, int) and 0 <= self.n_min <= self.n_max <= self.steps, "diffusion.n_max", (self.n_min, self.n_max), f"0 <= n_min <= n_max <= steps ({self.steps})")
+        _check(isinstance(self.n_avg, int) and self.n_avg >= 1, "diffusion.n_avg", self.n_avg, "an int >= 1")
 
         _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
         _check(self.mode in ("regions", "global"), "diffusion.mode", self.mode, "'regions' or 'global'")
@@ -295,7 +310,7 @@ def _fast() -> dict:
         "vlm": {"model": "Qwen/Qwen3-VL-2B-Instruct", "box_format": "relative1000", "image_max_side": 1024},
         "instructor": {"model": "Qwen/Qwen2.5-1.5B-Instruct"},
         "grounding": {"model": "google/owlv2-base-patch16-ensemble", "threshold": 0.2},
-        "diffusion": {"name": "instruct-pix2pix", "model": "timbrooks/instruct-pix2pix", "steps": 20, "max_side": 512},
+        "diffusion": {"name": "instruct-pix2pix", "steps": 20, "max_side": 512},
     }
 
 
@@ -306,7 +321,8 @@ def _paper() -> dict:
         "vlm": {"model": "OpenGVLab/InternVL3_5-8B-HF", "box_format": "relative1000", "image_max_side": 1344},
         "instructor": {"model": "Qwen/Qwen3-4B-Instruct-2507"},
         "grounding": {"model": "google/owlv2-large-patch14-ensemble", "threshold": 0.2},
-        "diffusion": {"name": "instruct-pix2pix", "model": "timbrooks/instruct-pix2pix", "steps": 20, "max_side": 512},
+        # FlowEdit on SD3-medium with the paper's settings
+        "diffusion": {"name": "flowedit", "steps": 50, "source_guidance": 3.5, "target_guidance": 13.5, "n_min": 0, "n_max": 33, "n_avg": 1, "max_side": 1024},
     }
 
 

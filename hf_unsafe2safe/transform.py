@@ -288,6 +288,10 @@ class Unsafe2Safe:
                 prompts = [rows[k][2].target_caption or rows[k][2].public_caption for k in todo]
                 masks = [Image.fromarray((region_mask(img.size, rows[k][2].regions, e.dilation, e.feather) > 0).astype("uint8") * 255) for k, img in zip(todo, images)]
                 return dict(zip(todo, editor.edit(images, prompts, seeds, masks))), None
+            if editor.uses_source_prompt:  # FlowEdit: from a caption of the source to the target caption
+                sources = [rows[k][2].private_caption for k in todo]
+                targets = [rows[k][2].target_caption or rows[k][2].public_caption for k in todo]
+                return dict(zip(todo, editor.edit(images, targets, seeds, source_prompts=sources))), None
             prompts = [rows[k][2].edit_instruction or rows[k][2].public_caption for k in todo]
             return dict(zip(todo, editor.edit(images, prompts, seeds))), None
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: these rows get the lite region edit

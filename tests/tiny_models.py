@@ -170,3 +170,37 @@ def _build_tiny_sd(path: str, seed: int, in_channels: int, pipeline_cls) -> str:
     )
     pipe.save_pretrained(path)
     return path
+
+
+def build_tiny_sd3(path: str, seed: int = 0) -> str:
+    """A one-layer SD3 pipeline (rectified flow) with two tiny CLIP text encoders and no T5 (load it with
+    ``without_t5``)."""
+    import os
+
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+    )
+    text_config = CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514, max_position_embeddings=77,
+        bos_token_id=512, eos_token_id=513, pad_token_id=513, projection_dim=32, hidden_act="gelu",
+    )
+    vocab = _byte_level_clip_vocab(os.path.join(path, "_vocab"))
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+        text_encoder=CLIPTextModelWithProjection(text_config), tokenizer=CLIPTokenizer(*vocab, pad_token="<|endoftext|>", model_max_length=77),
+        text_encoder_2=CLIPTextModelWithProjection(text_config), tokenizer_2=CLIPTokenizer(*vocab, pad_token="<|endoftext|>", model_max_length=77),
+        text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.save_pretrained(path)
+    return path

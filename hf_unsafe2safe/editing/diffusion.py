@@ -19,7 +19,12 @@ from .lite import _feather_weight, _grow
 
 logger = logging.getLogger(__name__)
 
-EDITORS = ("instruct-pix2pix", "inpaint")
+EDITORS = ("instruct-pix2pix", "inpaint", "flowedit")
+DEFAULT_EDITOR_MODELS = {
+    "instruct-pix2pix": "timbrooks/instruct-pix2pix",
+    "inpaint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    "flowedit": "stabilityai/stable-diffusion-3-medium-diffusers",
+}
 
 
 def working_size(size: tuple[int, int], max_side: int, multiple: int) -> tuple[int, int]:
@@ -106,8 +111,9 @@ class InstructPix2PixEditor:
         self._torch = torch
 
     uses_mask = False
+    uses_source_prompt = False
 
-    def _call(self, prompts, images, masks, size, generators):
+    def _call(self, prompts, images, masks, size, generators, sources):
         c = self.config
         return self.pipe(
             prompt=prompts,
@@ -118,11 +124,12 @@ class InstructPix2PixEditor:
             generator=generators,
         ).images
 
-    def edit(self, images: list, prompts: list[str], seeds: list[int], masks: list | None = None) -> list:
+    def edit(self, images: list, prompts: list[str], seeds: list[int], masks: list | None = None, source_prompts: list[str] | None = None) -> list:
         """Edited PIL images at each source's size; one pipeline call per (working size, batch) bucket.
-        ``masks``: PIL "L" images (white = repaint) for editors that take one."""
+        ``masks``: PIL "L" images (white = repaint) for editors that take one; ``source_prompts``: captions of
+        the sources for editors that contrast them with the target (FlowEdit)."""
         c = self.config
-        self._masks = masks
+        self._masks, self._sources = masks, source_prompts
         buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, img in enumerate(images):
             buckets[working_size(img.size, c.max_side, self.multiple)].append(i)
@@ -140,6 +147,7 @@ class InstructPix2PixEditor:
                 [self._masks[i].resize(size) for i in chunk] if self._masks is not None else None,
                 size,
                 [self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in chunk],
+                [self._sources[i] for i in chunk] if self._sources is not None else None,
             )
         except self._torch.cuda.OutOfMemoryError:
             if len(chunk) == 1:
@@ -177,7 +185,7 @@ class InpaintEditor(InstructPix2PixEditor):
         self.multiple = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
         self._torch = torch
 
-    def _call(self, prompts, images, masks, size, generators):
+    def _call(self, prompts, images, masks, size, generators, sources):
         return self.pipe(
             prompt=prompts,
             image=images,
@@ -191,7 +199,9 @@ class InpaintEditor(InstructPix2PixEditor):
 
 
 def build_editor(config, device: str):
-    editors = {"instruct-pix2pix": InstructPix2PixEditor, "inpaint": InpaintEditor}
+    from .flowedit import FlowEditEditor
+
+    editors = {"instruct-pix2pix": InstructPix2PixEditor, "inpaint": InpaintEditor, "flowedit": FlowEditEditor}
     if config.name not in editors:
         raise ValueError(f"Got {config.name!r} for `diffusion.name`; expected one of {EDITORS}")
     return editors[config.name](config, device)
