@@ -216,7 +216,8 @@ class DiffusionEditorConfig(ModelConfig):
         if not self.model:
             self.model = DEFAULT_EDITOR_MODELS[self.name]
         super().__post_init__()
-        _check(isinstance(self.n_max, int) and isinstance(self.n_min, int) and 0 <= self.n_min <= self.n_max <= self.steps, "diffusion.n_max", (self.n_min, self.n_max), f"0 <= n_min <= n_max <= steps ({self.steps})")
+        if self.name == "flowedit":
+            _check(isinstance(self.n_max, int) and isinstance(self.n_min, int) and 0 <= self.n_min <= self.n_max <= self.steps, "diffusion.n_max", (self.n_min, self.n_max), f"0 <= n_min <= n_max <= steps ({self.steps})")
         _check(isinstance(self.n_avg, int) and self.n_avg >= 1, "diffusion.n_avg", self.n_avg, "an int >= 1")
 
         _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
