@@ -85,6 +85,7 @@ def test_transform_edits_regions_with_the_diffusion_editor_only(ip2p_path):
 class _CrashingEditor:
     name = "instruct-pix2pix"
     uses_mask = False
+    uses_source_prompt = False
 
     def edit(self, images, prompts, seeds):
         raise RuntimeError("CUDA out of memory (simulated)")
