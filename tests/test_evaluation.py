@@ -58,10 +58,25 @@ def test_the_lite_preset_is_evaluated_end_to_end(originals, tmp_path):
     report = evaluate(originals, safe)
     assert report.metrics["face_reidentified_share"]["value"] in (None, 0.0)
     assert report.metrics["text_leak_rate"]["value"] == 0.0
+    assert report.metrics["region_unchanged_share"]["value"] == 0.0  # every sensitive region really changed
+    assert report.metrics["region_unchanged_share"]["n"] >= 2
     paths = report.write(str(tmp_path / "report"))
     md = open(paths["md"]).read()
     assert "face_sim" in md and "95% CI" in md and paths["plots"]
     assert (tmp_path / "report" / "report.json").exists()
+
+
+def test_a_copy_with_the_output_columns_is_caught_region_by_region(originals):
+    from hf_unsafe2safe import anonymize_dataset
+    from hf_unsafe2safe import columns as C
+
+    safe = anonymize_dataset(originals, Unsafe2Safe.from_preset("lite"))
+    cheat = safe.cast_column("image", originals.features["image"])
+    cheat = cheat.remove_columns("image").add_column("image", [{"bytes": encode(img), "path": None} for img in originals["image"]])
+    cheat = cheat.cast_column("image", originals.features["image"])
+    assert cheat[C.PRIVACY_FLAG] == safe[C.PRIVACY_FLAG]
+    report = evaluate(originals, cheat, metrics=["cheating"])
+    assert report.metrics["region_unchanged_share"]["value"] > 0.9
 
 
 def test_rows_are_aligned_by_key_or_checked_position(originals):

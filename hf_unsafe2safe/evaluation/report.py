@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 METRIC_GROUPS = ("privacy", "cheating")
 NEAR_DUPLICATE_BITS = 8  # perceptual-hash distance at or under which two images count as near-duplicates
 UNCHANGED_SSIM = 0.98  # a flagged image this similar to its source was not really anonymized
+REGION_UNCHANGED = 8.0  # mean |diff| (0-255) under which a sensitive region counts as copied through
 
 DEFINITIONS = {
     "face_sim": "mean over original faces with a face in the anonymized image of the best-match cosine similarity of dlib 128-d embeddings (lower is better; the paper's FaceSim with dlib instead of InsightFace)",
@@ -27,8 +28,9 @@ DEFINITIONS = {
     "text_sim": "mean rapidfuzz token-set ratio / 100 between the full-OCR text of original and anonymized, over pairs whose original has text (lower is better)",
     "text_leak_rate": "share of identifier-like strings (4+ alphanumerics) read in originals that can still be read in the anonymized images (lower is better)",
     "ssim": "mean SSIM between original and anonymized, grey, 256 px (cheating check: 1 means a copy)",
-    "unchanged_share": f"share of flagged images whose SSIM to the source is above {UNCHANGED_SSIM} (should be 0)",
-    "near_duplicate_share": f"share of flagged images whose 64-bit perceptual hash is within {NEAR_DUPLICATE_BITS} bits of the source's (should be 0)",
+    "unchanged_share": f"share of flagged images whose SSIM to the source is above {UNCHANGED_SSIM} (whole-image edits: should be 0; region-restricted edits and metadata-only rows can legitimately stay this close)",
+    "near_duplicate_share": f"share of flagged images whose 64-bit perceptual hash is within {NEAR_DUPLICATE_BITS} bits of the source's (whole-image edits: should be 0; region-restricted edits keep the image and are expected to stay near-duplicates)",
+    "region_unchanged_share": f"share of the sensitive regions (privacy_regions) of flagged images whose pixels changed by less than {REGION_UNCHANGED} on average (0-255): sensitive content copied through (should be 0)",
 }
 
 
@@ -152,10 +154,11 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
     src = original.cast_column(image_column, Image(decode=False))
     dst = anonymized.cast_column(image_column, Image(decode=False))
     flagged = dst[C.PRIVACY_FLAG] if C.PRIVACY_FLAG in dst.column_names else [True] * len(dst)
+    regions = dst[C.PRIVACY_REGIONS] if C.PRIVACY_REGIONS in dst.column_names else [[] for _ in range(len(dst))]
     faces = FaceMatcher() if "privacy" in metrics else None
     reader = TextReader() if "privacy" in metrics else None
     per = {name: [] for name in ("face_sim", "face_spot_distance", "text_sim", "ssim")}
-    counts = {"faces": 0, "vanished": 0, "reidentified": 0, "tokens": 0, "leaked": 0, "flagged": 0, "unchanged": 0, "near_dup": 0}
+    counts = {"faces": 0, "vanished": 0, "reidentified": 0, "tokens": 0, "leaked": 0, "flagged": 0, "unchanged": 0, "near_dup": 0, "regions": 0, "regions_unchanged": 0}
     privacy_score = []
     from tqdm.auto import tqdm
 
@@ -186,6 +189,11 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
                 counts["flagged"] += 1
                 counts["unchanged"] += s > UNCHANGED_SSIM
                 counts["near_dup"] += hamming(phash(a), phash(b)) <= NEAR_DUPLICATE_BITS
+                if a.shape == b.shape:
+                    for region in regions[j]:
+                        x0, y0, x1, y1 = region["box"]
+                        counts["regions"] += 1
+                        counts["regions_unchanged"] += float(np.abs(a[y0:y1, x0:x1].astype(np.int16) - b[y0:y1, x0:x1]).mean()) < REGION_UNCHANGED
         privacy_score.append((worst, j))
     report = EvalReport(pairs=len(pairs))
     if faces is not None:
@@ -200,6 +208,7 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
         report.metrics["ssim"] = _summary(per["ssim"], DEFINITIONS["ssim"], seed)
         report.metrics["unchanged_share"] = _share(counts["unchanged"], counts["flagged"], "unchanged_share")
         report.metrics["near_duplicate_share"] = _share(counts["near_dup"], counts["flagged"], "near_duplicate_share")
+        report.metrics["region_unchanged_share"] = _share(counts["regions_unchanged"], counts["regions"], "region_unchanged_share")
     report.per_pair = {k: v for k, v in per.items() if v}
     report.worst = [j for _, j in sorted(privacy_score, reverse=True)[:8]]
     return report
