@@ -97,18 +97,24 @@ class InstructPix2PixEditor:
 
     def __init__(self, config, device: str):
         import torch
-        from diffusers import StableDiffusionInstructPix2PixPipeline
 
         from ..inspection.vlm import pick_dtype
 
-        self.config = config
-        self.device = device
-        self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            config.model, revision=config.revision, dtype=pick_dtype(config.dtype, device), safety_checker=None, requires_safety_checker=False
-        ).to(device)
+        self.config, self.device, self._torch = config, device, torch
+        self.pipe = self.load_pipeline(config, pick_dtype(config.dtype, device)).to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.multiple = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
-        self._torch = torch
+        self.multiple = self.size_multiple()
+
+    def load_pipeline(self, config, dtype):
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        return StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            config.model, revision=config.revision, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+
+    def size_multiple(self) -> int:
+        """Working sides must be multiples of this: the VAE's downscale times the UNet's."""
+        return self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
 
     uses_mask = False
     uses_source_prompt = False
@@ -170,20 +176,12 @@ class InpaintEditor(InstructPix2PixEditor):
     name = "inpaint"
     uses_mask = True
 
-    def __init__(self, config, device: str):
-        import torch
+    def load_pipeline(self, config, dtype):
         from diffusers import AutoPipelineForInpainting
 
-        from ..inspection.vlm import pick_dtype
-
-        self.config = config
-        self.device = device
-        self.pipe = AutoPipelineForInpainting.from_pretrained(
-            config.model, revision=config.revision, dtype=pick_dtype(config.dtype, device), safety_checker=None, requires_safety_checker=False
-        ).to(device)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.multiple = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
-        self._torch = torch
+        return AutoPipelineForInpainting.from_pretrained(
+            config.model, revision=config.revision, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
 
     def _call(self, prompts, images, masks, size, generators, sources):
         return self.pipe(

@@ -17,19 +17,14 @@ class FlowEditEditor(InstructPix2PixEditor):
     name = "flowedit"
     uses_source_prompt = True
 
-    def __init__(self, config, device: str):
-        import torch
+    def load_pipeline(self, config, dtype):
         from diffusers import StableDiffusion3Pipeline
 
-        from ..inspection.vlm import pick_dtype
-
-        self.config = config
-        self.device = device
         extra = {"text_encoder_3": None, "tokenizer_3": None} if config.without_t5 else {}
-        self.pipe = StableDiffusion3Pipeline.from_pretrained(config.model, revision=config.revision, dtype=pick_dtype(config.dtype, device), **extra).to(device)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.multiple = self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
-        self._torch = torch
+        return StableDiffusion3Pipeline.from_pretrained(config.model, revision=config.revision, dtype=dtype, **extra)
+
+    def size_multiple(self) -> int:
+        return self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
 
     def _velocity(self, latents, t, embeds, guidance: float):
         """Classifier-free-guided velocity for a batch of latents (unconditional and conditional in one pass)."""
