@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="split of both (default: the only one)")
     e.add_argument("--image-column", default="image", help="image column (default: image)")
     e.add_argument("--key", default=None, help="column that identifies a row in both datasets")
-    e.add_argument("--metrics", default="privacy,cheating", help="comma-separated groups among privacy,cheating (default: both)")
+    e.add_argument("--metrics", default="privacy,cheating", help="comma-separated groups among privacy,cheating,quality (default: privacy,cheating; quality needs a CLIP model)")
+    e.add_argument("--clip-model", default=None, help="CLIP model for the quality group, Hub id or local path (default: openai/clip-vit-large-patch14)")
     e.add_argument("--report", required=True, metavar="REPORT", help="output folder of the report")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
 
@@ -244,7 +245,7 @@ def cmd_evaluate(args) -> int:
     try:
         report = evaluate(
             single(args.original), single(args.anonymized), metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
-            key=args.key, image_column=args.image_column, seed=args.seed,
+            key=args.key, image_column=args.image_column, seed=args.seed, clip_model=args.clip_model,
         )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err

@@ -114,3 +114,37 @@ def test_evaluate_command(originals, tmp_path, capsys):
     assert data["pairs"] == 3 and data["metrics"]["text_leak_rate"]["value"] == 0.0
     with pytest.raises(SystemExit, match="metrics"):
         main(["evaluate", "--original", str(tmp_path / "src"), "--anonymized", str(tmp_path / "safe"), "--report", str(tmp_path / "r2"), "--metrics", "vibes"])
+
+
+def test_fid_and_kid_math_on_fixed_features():
+    from hf_unsafe2safe.evaluation.quality import frechet_distance, kernel_inception_distance
+
+    rng = np.random.RandomState(0)
+    a = rng.randn(400, 4)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([1.0, 2.0, 0.0, 0.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(5.0, abs=1e-6)  # |shift|^2, same covariance
+    assert abs(kernel_inception_distance(a, rng.randn(400, 4))) < 0.05
+    assert kernel_inception_distance(a, a + 3.0) > 1.0
+
+
+def test_clip_quality_on_a_tiny_model_and_unavailable_without_weights(originals, tmp_path):
+    from tiny_models import build_tiny_clip
+
+    from hf_unsafe2safe import anonymize_dataset
+    from hf_unsafe2safe.evaluation.quality import ClipFeatures, clip_score
+
+    safe = anonymize_dataset(originals, Unsafe2Safe.from_preset("lite"))
+    path = build_tiny_clip(str(tmp_path / "clip"))
+    report = evaluate(originals, safe, metrics=["quality"], clip_model=path)
+    m = report.metrics
+    assert m["clip_score"]["n"] == 3 and 0.0 <= m["clip_score"]["value"] <= 100.0
+    assert -1.0 <= m["directional_clip"]["value"] <= 1.0 and m["fid"]["value"] is not None
+    # the score is the formula on the model's own embeddings
+    clip = ClipFeatures(path)
+    images = [im.convert("RGB") for im in safe["image"]]
+    expected = clip_score(clip.images(images), clip.texts(safe["public_caption"]))
+    assert m["clip_score"]["value"] == pytest.approx(float(np.mean(expected)), abs=1e-4)
+    # offline, the default ViT-L/14 cannot load: unavailable with the reason, no number
+    offline = evaluate(originals, safe, metrics=["quality"])
+    assert offline.metrics["clip_score"]["value"] is None and "could not be loaded" in offline.metrics["clip_score"]["unavailable"]

@@ -204,3 +204,22 @@ def build_tiny_sd3(path: str, seed: int = 0) -> str:
     )
     pipe.save_pretrained(path)
     return path
+
+
+def build_tiny_clip(path: str, seed: int = 0) -> str:
+    import os
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514,
+                         max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=30, patch_size=15),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(path)
+    tokenizer = CLIPTokenizer(*_byte_level_clip_vocab(os.path.join(path, "_vocab")), pad_token="<|endoftext|>", model_max_length=77)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}), tokenizer=tokenizer).save_pretrained(path)
+    return path

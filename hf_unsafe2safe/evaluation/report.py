@@ -15,7 +15,8 @@ from .metrics import DLIB_SAME_PERSON, FaceMatcher, TextReader, hamming, leaked_
 
 logger = logging.getLogger(__name__)
 
-METRIC_GROUPS = ("privacy", "cheating")
+METRIC_GROUPS = ("privacy", "cheating", "quality")
+DEFAULT_METRICS = ("privacy", "cheating")
 NEAR_DUPLICATE_BITS = 8  # perceptual-hash distance at or under which two images count as near-duplicates
 UNCHANGED_SSIM = 0.98  # a flagged image this similar to its source was not really anonymized
 REGION_UNCHANGED = 8.0  # mean |diff| (0-255) under which a sensitive region counts as copied through
@@ -30,6 +31,10 @@ DEFINITIONS = {
     "ssim": "mean SSIM between original and anonymized, grey, 256 px (cheating check: 1 means a copy)",
     "unchanged_share": f"share of flagged images whose SSIM to the source is above {UNCHANGED_SSIM} (whole-image edits: should be 0; region-restricted edits and metadata-only rows can legitimately stay this close)",
     "near_duplicate_share": f"share of flagged images whose 64-bit perceptual hash is within {NEAR_DUPLICATE_BITS} bits of the source's (whole-image edits: should be 0; region-restricted edits keep the image and are expected to stay near-duplicates)",
+    "clip_score": "mean 100 * max(cos, 0) between the CLIP embeddings of the anonymized image and its public caption (higher is better)",
+    "directional_clip": "mean cosine between the CLIP image change (original -> anonymized) and the caption change (private -> public caption)",
+    "fid": "Frechet distance between the CLIP image features of the original and the anonymized sets (lower: closer distributions)",
+    "kid": "kernel (polynomial) distance between the same feature sets, unbiased MMD^2 (lower is closer)",
     "region_unchanged_share": f"share of the sensitive regions (privacy_regions) of flagged images whose pixels changed by less than {REGION_UNCHANGED} on average (0-255): sensitive content copied through (should be 0)",
 }
 
@@ -72,7 +77,7 @@ class EvalReport:
             plots.append(os.path.basename(path))
         lines = [f"# Unsafe2Safe evaluation ({self.pairs} pairs)", "", "| metric | value | 95% CI | n |", "|---|---|---|---|"]
         for name, m in self.metrics.items():
-            value = "unavailable" if m["value"] is None else f"{m['value']:.4f}"
+            value = (f"unavailable ({m['unavailable']})" if m.get("unavailable") else "unavailable") if m["value"] is None else f"{m['value']:.4f}"
             ci = "-" if m.get("ci95") is None else f"[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]"
             lines.append(f"| {name} | {value} | {ci} | {m['n']} |")
         lines += ["", "## Definitions", ""] + [f"- **{n}**: {m['definition']}" for n, m in self.metrics.items()]
@@ -148,8 +153,9 @@ def _rgb(cell):
         return None
 
 
-def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None, image_column: str = "image", seed: int = 0) -> EvalReport:
-    """Compare an anonymized dataset with its original on the offline privacy and cheating metrics."""
+def evaluate(original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0, clip_model: str | None = None) -> EvalReport:
+    """Compare an anonymized dataset with its original; ``quality`` needs a CLIP model (``clip_model``: Hub id or
+    local path, default the paper's ViT-L/14) and reports ``unavailable`` with the reason when it cannot load."""
     from datasets import Image
 
     unknown = set(metrics) - set(METRIC_GROUPS)
@@ -166,6 +172,7 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
     names = ("faces", "vanished", "reidentified", "tokens", "leaked", "flagged", "unchanged", "near_dup", "regions", "regions_unchanged")
     per_row: list[dict] = []  # counts of each pair, so that shares get a bootstrap over pairs too
     privacy_score = []
+    quality = _Quality(clip_model, dst) if "quality" in metrics else None
     from tqdm.auto import tqdm
 
     for i, j in tqdm(pairs, desc="evaluate"):
@@ -203,6 +210,8 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
                         counts["regions"] += 1
                         counts["regions_unchanged"] += float(np.abs(a[y0:y1, x0:x1].astype(np.int16) - b[y0:y1, x0:x1]).mean()) < REGION_UNCHANGED
         privacy_score.append((worst, j))
+        if quality is not None:
+            quality.add(a, b, j)
     report = EvalReport(pairs=len(pairs))
     if faces is not None:
         report.metrics["face_sim"] = _summary(per["face_sim"], DEFINITIONS["face_sim"], seed)
@@ -217,6 +226,9 @@ def evaluate(original, anonymized, metrics=METRIC_GROUPS, key: str | None = None
         report.metrics["unchanged_share"] = _share(per_row, "unchanged", ("flagged",), "unchanged_share", seed)
         report.metrics["near_duplicate_share"] = _share(per_row, "near_dup", ("flagged",), "near_duplicate_share", seed)
         report.metrics["region_unchanged_share"] = _share(per_row, "regions_unchanged", ("regions",), "region_unchanged_share", seed)
+    if quality is not None:
+        report.metrics.update(quality.finish(seed))
+        report.models.update(quality.models)
     report.per_pair = {k: v for k, v in per.items() if v}
     ranked = sorted(privacy_score, reverse=True)[:8]
     report.worst = [j for _, j in ranked]
@@ -252,3 +264,64 @@ def _share(rows: list[dict], hit: str, total: tuple[str, ...], name: str, seed: 
         ratios = hits[idx].sum(axis=1)[t > 0] / t[t > 0]
         ci = [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if len(ratios) else None
     return {"value": value, "ci95": ci, "n": n, "definition": DEFINITIONS[name]}
+
+
+class _Quality:
+    """Accumulates CLIP features pair by pair (flushed in batches) and summarises them at the end."""
+
+    def __init__(self, clip_model: str | None, dst):
+        from .quality import DEFAULT_CLIP, ClipFeatures
+
+        self.model_id = clip_model or DEFAULT_CLIP
+        self.error = None
+        try:
+            self.clip = ClipFeatures(self.model_id)
+        except Exception as exc:  # noqa: BLE001 - missing weights offline, missing extra...
+            self.clip, self.error = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        self.private = dst[C.PRIVATE_CAPTION] if C.PRIVATE_CAPTION in dst.column_names else None
+        self.public = dst[C.PUBLIC_CAPTION] if C.PUBLIC_CAPTION in dst.column_names else None
+        self.buffer: list = []
+        self.before, self.after, self.score, self.direction = [], [], [], []
+        self.models = {"clip": self.model_id if self.clip else f"{self.model_id} (unavailable: {self.error})"}
+
+    def add(self, a, b, j) -> None:
+        if self.clip is None:
+            return
+        self.buffer.append((a, b, j))
+        if len(self.buffer) >= self.clip.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        from PIL import Image
+
+        from .quality import clip_score, directional_clip
+
+        if not self.buffer:
+            return
+        before = self.clip.images([Image.fromarray(a) for a, _, _ in self.buffer])
+        after = self.clip.images([Image.fromarray(b) for _, b, _ in self.buffer])
+        self.before.append(before)
+        self.after.append(after)
+        if self.public is not None:
+            rows = [j for _, _, j in self.buffer]
+            pub = self.clip.texts([self.public[j] or "" for j in rows])
+            self.score += list(clip_score(after, pub))
+            if self.private is not None:
+                priv = self.clip.texts([self.private[j] or "" for j in rows])
+                self.direction += list(directional_clip(before, after, priv, pub))
+        self.buffer = []
+
+    def finish(self, seed: int) -> dict:
+        from .quality import frechet_distance, kernel_inception_distance
+
+        names = ("clip_score", "directional_clip", "fid", "kid")
+        if self.clip is None:
+            return {n: {"value": None, "ci95": None, "n": 0, "definition": DEFINITIONS[n], "unavailable": f"CLIP model {self.model_id!r} could not be loaded ({self.error})"} for n in names}
+        self._flush()
+        out = {"clip_score": _summary(self.score, DEFINITIONS["clip_score"], seed), "directional_clip": _summary(self.direction, DEFINITIONS["directional_clip"], seed)}
+        before = np.concatenate(self.before) if self.before else np.zeros((0, 1))
+        after = np.concatenate(self.after) if self.after else np.zeros((0, 1))
+        enough = len(before) >= 2
+        out["fid"] = {"value": frechet_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": DEFINITIONS["fid"]}
+        out["kid"] = {"value": kernel_inception_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": DEFINITIONS["kid"]}
+        return out
