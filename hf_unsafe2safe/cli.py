@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clip-model", default=None, help="CLIP model for the quality group, Hub id or local path (default: openai/clip-vit-large-patch14)")
     e.add_argument("--report", required=True, metavar="REPORT", help="output folder of the report")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    e.add_argument("--flag-truth", default=None, metavar="COLUMN", help="boolean ground-truth column of the anonymized dataset (e.g. vispr_private): adds precision / recall / F1 of privacy_flag")
 
     d = sub.add_parser(
         "demo",
@@ -231,7 +232,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate
+    from .evaluation import evaluate, flag_quality
     from .pipeline import load_source
 
     def single(source):
@@ -247,6 +248,8 @@ def cmd_evaluate(args) -> int:
             single(args.original), single(args.anonymized), metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
             key=args.key, image_column=args.image_column, seed=args.seed, clip_model=args.clip_model,
         )
+        if args.flag_truth:
+            report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
     paths = report.write(args.report)

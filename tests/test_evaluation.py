@@ -148,3 +148,18 @@ def test_clip_quality_on_a_tiny_model_and_unavailable_without_weights(originals,
     # offline, the default ViT-L/14 cannot load: unavailable with the reason, no number
     offline = evaluate(originals, safe, metrics=["quality"])
     assert offline.metrics["clip_score"]["value"] is None and "could not be loaded" in offline.metrics["clip_score"]["unavailable"]
+
+
+def test_flag_quality_against_ground_truth(originals):
+    from datasets import Dataset
+
+    from hf_unsafe2safe.evaluation import flag_quality
+
+    ds = Dataset.from_dict({"privacy_flag": [True, True, False, False, True], "truth": [True, False, False, True, True]})
+    m = flag_quality(ds, "truth")
+    assert m["flag_precision"]["value"] == pytest.approx(2 / 3)
+    assert m["flag_recall"]["value"] == pytest.approx(2 / 3)
+    assert m["flag_f1"]["value"] == pytest.approx(2 / 3)
+    assert m["flag_recall"]["ci95"] == flag_quality(ds, "truth")["flag_recall"]["ci95"]  # seeded
+    with pytest.raises(ValueError, match="missing_column"):
+        flag_quality(ds, "missing_column")

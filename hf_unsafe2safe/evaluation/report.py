@@ -93,6 +93,33 @@ class EvalReport:
         return {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"), "plots": plots}
 
 
+def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
+    """Precision, recall and F1 of ``privacy_flag`` against a ground-truth boolean column (e.g. VISPR's
+    ``vispr_private``, true when the labels lack ``a0_safe``), with bootstrap intervals over rows."""
+    for column in (truth_column, C.PRIVACY_FLAG):
+        if column not in anonymized.column_names:
+            raise ValueError(f"flag quality needs column {column!r}; the dataset has {anonymized.column_names}")
+    truth = np.array(anonymized[truth_column], dtype=bool)
+    flag = np.array(anonymized[C.PRIVACY_FLAG], dtype=bool)
+
+    def scores(t, f):
+        tp, fp, fn = float((t & f).sum()), float((~t & f).sum()), float((t & ~f).sum())
+        p = tp / (tp + fp) if tp + fp else None
+        r = tp / (tp + fn) if tp + fn else None
+        f1 = 2 * p * r / (p + r) if p is not None and r is not None and p + r else None
+        return {"precision": p, "recall": r, "f1": f1}
+
+    point = scores(truth, flag)
+    rng = np.random.default_rng(seed)
+    samples = [scores(truth[idx], flag[idx]) for idx in rng.integers(0, len(truth), size=(1000, len(truth)))] if len(truth) >= 2 else []
+    out = {}
+    for name, value in point.items():
+        vals = [s[name] for s in samples if s[name] is not None]
+        ci = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else None
+        out[f"flag_{name}"] = {"value": value, "ci95": ci, "n": int(len(truth)), "definition": f"{name} of privacy_flag against `{truth_column}`"}
+    return out
+
+
 def bootstrap_ci(values: list[float], seed: int = 0, rounds: int = 1000) -> list[float] | None:
     """Percentile bootstrap 95% interval of the mean (deterministic under ``seed``)."""
     if len(values) < 2:
