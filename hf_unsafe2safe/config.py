@@ -249,18 +249,12 @@ class PipelineConfig:
     diffusion: DiffusionEditorConfig | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.inspector, dict):
-            self.inspector = LiteInspectorConfig(**self.inspector)
-        if isinstance(self.editor, dict):
-            self.editor = LiteEditorConfig(**self.editor)
-        if isinstance(self.vlm, dict):
-            self.vlm = VLMInspectorConfig(**self.vlm)
-        if isinstance(self.instructor, dict):
-            self.instructor = InstructorConfig(**self.instructor)
-        if isinstance(self.grounding, dict):
-            self.grounding = GroundingConfig(**self.grounding)
-        if isinstance(self.diffusion, dict):
-            self.diffusion = DiffusionEditorConfig(**self.diffusion)
+        # sections given as dicts (from_dict, presets, overrides) become their validated dataclasses
+        sections = {"inspector": LiteInspectorConfig, "editor": LiteEditorConfig, "vlm": VLMInspectorConfig,
+                    "instructor": InstructorConfig, "grounding": GroundingConfig, "diffusion": DiffusionEditorConfig}
+        for name, section in sections.items():
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, section(**getattr(self, name)))
         _check(self.grounding is None or self.vlm is not None, "grounding", "set without `vlm`", "a VLM as well (grounding only locates, it does not flag)")
         _check(self.preset in PRESETS, "preset", self.preset, f"one of {sorted(PRESETS)}")
         _check(isinstance(self.image_column, str) and bool(self.image_column), "image_column", self.image_column, "a column name")

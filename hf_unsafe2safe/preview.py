@@ -11,6 +11,7 @@ import io
 import os
 
 from . import columns as C
+from .utils.images import open_cell
 
 THUMB = 320
 _STATUS_COLOUR = {
@@ -20,30 +21,6 @@ _STATUS_COLOUR = {
     C.STATUS_FAILED: (198, 40, 40),
     C.STATUS_INVALID: (120, 120, 120),
 }
-
-
-def _open(cell):
-    from PIL import Image
-
-    from .utils.images import read_orientation, upright
-
-    if cell is None:
-        return None
-    if isinstance(cell, dict):
-        data = cell.get("bytes")
-        if data is None and cell.get("path"):
-            with open(cell["path"], "rb") as f:
-                data = f.read()
-        if not data:
-            return None
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except Exception:  # noqa: BLE001 - an unreadable source is shown as a placeholder
-            return None
-    else:
-        img = cell
-    return upright(img, read_orientation(img))
 
 
 def _thumb(img, regions=None):
@@ -83,8 +60,8 @@ def write_preview(original, anonymized, out_dir: str, image_column: str = "image
     rows_html, pairs = [], []
     for before_cell, row in zip(src[image_column], dst):
         an = row[C.ANONYMIZATION]
-        before = _thumb(_open(before_cell), row[C.PRIVACY_REGIONS])
-        after = _thumb(_open(row[image_column]))
+        before = _thumb(open_cell(before_cell), row[C.PRIVACY_REGIONS])
+        after = _thumb(open_cell(row[image_column]))
         pairs.append((before, after, an["status"], ", ".join(row[C.PRIVACY_CATEGORIES]) or "-"))
         review = "".join(f"<li>{html.escape(i['item'])}: {html.escape(i['reason'])}</li>" for i in row[C.PRIVACY_REVIEW])
         rows_html.append(

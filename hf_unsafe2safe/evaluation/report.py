@@ -158,26 +158,10 @@ def align(original, anonymized, key: str | None = None, image_column: str = "ima
 
 
 def _rgb(cell):
-    import io
+    from ..utils.images import open_cell
 
-    from PIL import Image
-
-    from ..utils.images import read_orientation, upright
-
-    if cell is None:
-        return None
-    try:
-        if isinstance(cell, dict):
-            data = cell.get("bytes")
-            if data is None and cell.get("path"):
-                with open(cell["path"], "rb") as f:
-                    data = f.read()
-            img = Image.open(io.BytesIO(data))
-        else:
-            img = cell
-        return np.asarray(upright(img, read_orientation(img)).convert("RGB"))
-    except Exception:  # noqa: BLE001 - an unreadable image is left out of the comparison
-        return None
+    img = open_cell(cell)
+    return None if img is None else np.asarray(img.convert("RGB"))
 
 
 def evaluate(original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0, clip_model: str | None = None) -> EvalReport:

@@ -103,6 +103,22 @@ def image_bytes(value) -> tuple[bytes | None, str | None]:
     return None, None
 
 
+def open_cell(value):
+    """An image cell (bytes, path, ``{"bytes", "path"}`` or PIL) as a loaded PIL image in display orientation,
+    or None when it is missing or unreadable (for previews and evaluation, which show or skip such rows)."""
+    from PIL import Image
+
+    try:
+        data, _ = image_bytes(value)
+        img = value if data is None else Image.open(io.BytesIO(data))
+        if img is None or not hasattr(img, "load"):
+            return None
+        img.load()
+        return upright(img, read_orientation(img))
+    except Exception:  # noqa: BLE001 - unreadable: the caller shows a placeholder or skips the row
+        return None
+
+
 def _read_path(path: str) -> bytes:
     from datasets.utils.file_utils import xopen
 
