@@ -199,6 +199,11 @@ class DiffusionEditorConfig(ModelConfig):
     batch_size: int = 4
     # a region whose pixels moved less than this (mean |diff|, 0-255) is re-edited with the lite editor
     min_change: float = 12.0
+    # after compositing, faces and text of the edited regions are checked (dlib identity, OCR); a face still
+    # closer than `face_leak_distance` or text still `text_leak_similarity` alike gets the lite edit
+    leak_check: bool = True
+    face_leak_distance: float = 0.6
+    text_leak_similarity: float = 0.8
     # FlowEdit only (the paper's settings): guidance of the source and target prompts, the steps it edits
     # (n_max of `steps`, the last n_min of them by plain sampling) and the noise samples averaged per step
     source_guidance: float = 3.5
@@ -220,11 +225,13 @@ class DiffusionEditorConfig(ModelConfig):
             _check(isinstance(self.n_max, int) and isinstance(self.n_min, int) and 0 <= self.n_min <= self.n_max <= self.steps, "diffusion.n_max", (self.n_min, self.n_max), f"0 <= n_min <= n_max <= steps ({self.steps})")
         _check(isinstance(self.n_avg, int) and self.n_avg >= 1, "diffusion.n_avg", self.n_avg, "an int >= 1")
 
-        _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
         _check(self.mode in ("regions", "global"), "diffusion.mode", self.mode, "'regions' or 'global'")
         _check(isinstance(self.steps, int) and self.steps >= 1, "diffusion.steps", self.steps, "an int >= 1")
         _check(isinstance(self.max_side, int) and self.max_side >= 64, "diffusion.max_side", self.max_side, "an int >= 64")
         _check(self.min_change >= 0, "diffusion.min_change", self.min_change, "a number >= 0")
+        _check(isinstance(self.leak_check, bool), "diffusion.leak_check", self.leak_check, "true or false")
+        _check(0 < self.face_leak_distance <= 2, "diffusion.face_leak_distance", self.face_leak_distance, "a number in (0, 2]")
+        _check(0 < self.text_leak_similarity <= 1, "diffusion.text_leak_similarity", self.text_leak_similarity, "a number in (0, 1]")
 
 
 @dataclass

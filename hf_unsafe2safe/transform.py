@@ -56,6 +56,7 @@ class Unsafe2Safe:
         self._runtime = None
         self._model_stage = None
         self._diffusion = None
+        self._leaks = None
         self._warned_decoded = False
 
     @classmethod
@@ -268,8 +269,20 @@ class Unsafe2Safe:
             from .editing.diffusion import build_editor
             from .inspection.vlm import pick_device
 
+            self.leak_checker()  # before the editor: a missing dlib fails in seconds, not after a model load
             self._diffusion = build_editor(self.config.diffusion, pick_device(rank))
         return self._diffusion
+
+    def leak_checker(self):
+        """The identity/text check of diffusion edits (built once per process), or None when it is off."""
+        d = self.config.diffusion
+        if d is None or not d.leak_check:
+            return None
+        if self._leaks is None:
+            from .editing.leaks import LeakChecker
+
+            self._leaks = LeakChecker(d.face_leak_distance, d.text_leak_similarity)
+        return self._leaks
 
     def _diffuse(self, rows, rank) -> tuple[dict, str | None]:
         editor = self.diffusion_editor(rank)
@@ -352,13 +365,25 @@ class Unsafe2Safe:
             raise ValueError("the editor returned a blank image")
         result = composite(source.image, diffused, inspection.regions, e.dilation, e.feather, whole_image=d.mode == "global")
         stale = unchanged_regions(source.image, result, inspection.regions, d.min_change)
+        notes = [f"{len(stale)} region(s) left nearly unchanged by {d.name} got the {editor.name} edit"] if stale else []
+        checker = self.leak_checker()
+        if checker is not None:
+            fresh = [r for r in inspection.regions if r not in stale]
+            leaks = checker.check(source.image, result, fresh) if fresh else []
+            for kind in ("face", "text"):
+                found = [leak for leak in leaks if leak.kind == kind]
+                if found:
+                    what = "identity (dlib distance" if kind == "face" else "text (similarity"
+                    evidence = ", ".join(f"{leak.evidence:.2f}" for leak in found)
+                    notes.append(f"{len(found)} {kind} region(s) whose {what} {evidence}) survived {d.name} got the {editor.name} edit")
+            stale = stale + [leak.region for leak in leaks]
         name = d.name
         if stale:
             pixels, mode = to_edit_array(result)
             pixels, _ = editor.edit(pixels, stale)
             result = from_edit_array(pixels, mode)
             name = f"{d.name}+{editor.name}"
-        note = f"{len(stale)} region(s) left nearly unchanged by {d.name} got the {editor.name} edit" if stale else None
+        note = "; ".join(notes) or None
         data = encode(result, source, e.jpeg_quality)
         return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, name, seed, note, removed)
 

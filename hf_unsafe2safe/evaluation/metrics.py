@@ -84,9 +84,18 @@ class TextReader:
 
         self.ocr = RapidOCR()
 
-    def read(self, rgb: np.ndarray) -> list[str]:
+    def lines(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], str]]:
+        """Every text line read, with its enclosing box (x0, y0, x1, y1)."""
         result, _ = self.ocr(np.ascontiguousarray(rgb[..., ::-1]))
-        return [line[1].strip() for line in (result or []) if line[1].strip()]
+        out = []
+        for points, text, _score in result or []:
+            if text.strip():
+                xs, ys = [p[0] for p in points], [p[1] for p in points]
+                out.append(((min(xs), min(ys), max(xs), max(ys)), text.strip()))
+        return out
+
+    def read(self, rgb: np.ndarray) -> list[str]:
+        return [text for _, text in self.lines(rgb)]
 
 
 def text_similarity(before: list[str], after: list[str]) -> float | None:
