@@ -61,32 +61,35 @@ def prompt_corpus() -> list[str]:
 
 
 def word_tokenizer(specials: dict[str, int], eos: str, pad: str, corpus: list[str], template: str | None = None,
-                   named_specials: dict[str, str] | None = None, split: str = QWEN_SPLIT):
+                   named_specials: dict[str, str] | None = None, unk: str = "<unk>", split: str = QWEN_SPLIT):
     """A fast tokenizer built offline: one token per pre-token piece (``split`` regex, byte-level), the words of
-    ``corpus`` in the vocabulary (anything else is ``<unk>``, still one token), filler entries up to the
-    special tokens, which sit at the real model's ids (so the real configs' image/eos token ids are valid)."""
+    ``corpus`` in the vocabulary (anything else is ``unk``, still one token), and the special tokens at the real
+    model's ids, so the real configs' image / end-of-turn token ids are valid. Specials at the top of the
+    vocabulary (Qwen) get filler entries below them; specials at the bottom (T5) come first."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     pre = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(split), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
-    vocab: dict[str, int] = {"<unk>": 0}
-    for text in corpus:
-        for piece, _ in pre.pre_tokenize_str(text):
-            vocab.setdefault(piece, len(vocab))
-    first_special = min(specials.values())
-    if len(vocab) > first_special:
-        raise ValueError(f"corpus vocabulary ({len(vocab)}) collides with the special ids (from {first_special})")
-    for i in range(len(vocab), first_special):
-        vocab[f"<filler_{i}>"] = i
-    vocab.update(specials)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    at_bottom = min(specials.values()) < 1024
+    vocab: dict[str, int] = dict(specials) if at_bottom else {}
+    next_id = max(specials.values()) + 1 if at_bottom else 0
+    for piece in [unk] + [p for text in corpus for p, _ in pre.pre_tokenize_str(text)]:
+        if piece not in vocab:
+            vocab[piece], next_id = next_id, next_id + 1
+    if not at_bottom:
+        first_special = min(specials.values())
+        if next_id > first_special:
+            raise ValueError(f"corpus vocabulary ({next_id}) collides with the special ids (from {first_special})")
+        vocab.update({f"<filler_{i}>": i for i in range(next_id, first_special)})
+        vocab.update(specials)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(list(specials))
+    tok.add_special_tokens([s for s in specials if s != unk])
     extra = {"extra_special_tokens": named_specials} if named_specials else {}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, unk_token="<unk>", **extra)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, unk_token=unk, **extra)
     if template is not None:
         fast.chat_template = template
     return fast
@@ -123,6 +126,19 @@ def default_dtype(dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def quiet_and_threads(device: str, threads: int | None) -> None:
+    """Library warnings off (the byte-level CLIP tokenizer truncates every prompt at 77 tokens and says so); on
+    CPU, ``threads`` intra-op threads (a smoke run on a shared 2-core machine is several times faster on one)."""
+    import diffusers
+    import torch
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    if device == "cpu" and threads:
+        torch.set_num_threads(threads)
 
 
 def torch_dtype(name: str):

@@ -82,11 +82,13 @@ def parse_args(argv=None):
     p.add_argument("--image-size", default=None, help="WxH of the test photos (default 640x480, a COCO-sized photo; tiny 128x96)")
     p.add_argument("--stages", default="vlm,instructor", help="which models to measure")
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds; batch sizes not started by then are skipped (0 = no limit)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 with --tiny on CPU, else torch's default)")
     p.add_argument("--out", default=None, help="folder for stage1_<preset>.json / .md")
     args = p.parse_args(argv)
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.threads = args.threads or (1 if args.tiny and args.device == "cpu" else None)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     tiny = args.tiny
     args.batch_sizes = bc.parse_ints(args.batch_sizes or ("1,2,4" if tiny else "1,2,4,8,16,32,64"))
@@ -229,6 +231,7 @@ def sweep(name: str, run, sizes: list[int], loop_n: int, measure, budget) -> dic
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    bc.quiet_and_threads(args.device, args.threads)
     import torch
 
     from hf_unsafe2safe.config import PipelineConfig
