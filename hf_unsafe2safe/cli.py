@@ -86,12 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "evaluate",
-        help="compare an anonymized dataset with its original (privacy and cheating metrics) and write a report",
+        help="compare an anonymized dataset with its original (privacy, cheating, quality, utility) and write a report",
         description=(
             "Align the rows of ORIGINAL and ANONYMIZED (by --key, or by position checked on every shared column), "
             "measure privacy (FaceSim with dlib embeddings, re-identified and vanished faces, TextSim and string leak "
             "rate with a full OCR) and cheating (SSIM, unchanged and near-duplicate flagged images), and write "
-            "REPORT/report.json (values, definitions, 95%% bootstrap intervals, models), REPORT/report.md and plots."
+            "REPORT/report.json (values, definitions, 95%% bootstrap intervals, models), REPORT/report.md and plots. "
+            "With --metrics utility, ORIGINAL and ANONYMIZED are the training split: the same classifier is trained on "
+            "each and tested on the original test split (--test-split, --label-column)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "example (utility on a save_to_disk DatasetDict with train and test splits; the anonymized training split\n"
+            "saved by `unsafe2safe anonymize SRC --split train --output SAFE`):\n"
+            "  unsafe2safe evaluate --original SRC --split train --anonymized SAFE --metrics utility \\\n"
+            "      --test-split test --label-column label --utility-epochs 10 --report OUT\n"
         ),
     )
     e.add_argument("--original", required=True, help="the source: Hub id, image folder or save_to_disk directory")
@@ -99,11 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="split of both (default: the only one)")
     e.add_argument("--image-column", default="image", help="image column (default: image)")
     e.add_argument("--key", default=None, help="column that identifies a row in both datasets")
-    e.add_argument("--metrics", default="privacy,cheating", help="comma-separated groups among privacy,cheating,quality (default: privacy,cheating; quality needs a CLIP model)")
+    e.add_argument("--metrics", default="privacy,cheating", help="comma-separated groups among privacy,cheating,quality,utility (default: privacy,cheating; quality needs a CLIP model; utility trains two classifiers)")
     e.add_argument("--clip-model", default=None, help="CLIP model for the quality group, Hub id or local path (default: openai/clip-vit-large-patch14)")
     e.add_argument("--report", required=True, metavar="REPORT", help="output folder of the report")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     e.add_argument("--flag-truth", default=None, metavar="COLUMN", help="boolean ground-truth column of the anonymized dataset (e.g. vispr_private): adds precision / recall / F1 of privacy_flag")
+    u = e.add_argument_group("utility (--metrics utility)")
+    u.add_argument("--test", default=None, metavar="SOURCE", help="where the original test split lives (default: --original)")
+    u.add_argument("--test-split", default="test", help="split of the original test data (default: test)")
+    u.add_argument("--label-column", default="label", help="class label column (default: label)")
+    u.add_argument("--utility-paper", action="store_true", help="start from the paper's setting: google/vit-base-patch16-224-in21k fine-tuned 100 epochs at lr 5e-4, 224 px, flip/shift augmentation (GPU)")
+    u.add_argument("--utility-backbone", default=None, metavar="ID_OR_PATH", help="transformers vision model, Hub id or local path (default: builtin:vit-tiny, a small random-init ViT trained from scratch, offline)")
+    u.add_argument("--utility-revision", default=None, help="revision of the backbone on the Hub")
+    u.add_argument("--utility-mode", default=None, choices=("linear-probe", "fine-tune"), help="linear-probe: frozen backbone, features cached, linear head trained; fine-tune: whole model (default: fine-tune)")
+    u.add_argument("--utility-epochs", type=int, default=None, help="training epochs (default: 10)")
+    u.add_argument("--utility-batch-size", type=int, default=None, help="batch size (default: 32)")
+    u.add_argument("--utility-lr", type=float, default=None, help="AdamW learning rate (default: 1e-3 fine-tune, 1e-2 linear-probe)")
+    u.add_argument("--utility-image-size", type=int, default=None, help="input side in pixels (default: the backbone's own)")
+    u.add_argument("--utility-max-train-samples", type=int, default=None, help="train on a seeded subset of this many pairs (the same rows for both runs)")
+    u.add_argument("--utility-max-test-samples", type=int, default=None, help="test on a seeded subset of this many rows")
+    u.add_argument("--utility-failed-rows", default=None, choices=("drop", "blank"), help="anonymized rows with status failed / invalid_input: drop them from the anonymized run, or keep them as grey images (default: drop; counted either way)")
+    u.add_argument("--utility-mixed-precision", default=None, choices=("no", "fp16", "bf16"), help="mixed precision on a GPU (default: no)")
 
     d = sub.add_parser(
         "demo",
@@ -231,6 +256,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def utility_config_from_args(args):
+    from .evaluation.utility import UtilityConfig
+
+    given = {
+        "backbone": args.utility_backbone, "revision": args.utility_revision, "mode": args.utility_mode, "epochs": args.utility_epochs,
+        "batch_size": args.utility_batch_size, "learning_rate": args.utility_lr, "image_size": args.utility_image_size,
+        "max_train_samples": args.utility_max_train_samples, "max_test_samples": args.utility_max_test_samples,
+        "failed_rows": args.utility_failed_rows, "mixed_precision": args.utility_mixed_precision,
+    }
+    values = {"seed": args.seed, "label_column": args.label_column, "test_split": args.test_split, **{k: v for k, v in given.items() if v is not None}}
+    if args.split:
+        values["train_split"] = args.split
+    return UtilityConfig.paper(**values) if args.utility_paper else UtilityConfig(**values)
+
+
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate, flag_quality
     from .pipeline import load_source
@@ -243,10 +283,15 @@ def cmd_evaluate(args) -> int:
             ds = ds[next(iter(ds))]
         return ds
 
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    utility, test = None, None
     try:
+        if "utility" in metrics:
+            utility = utility_config_from_args(args)
+            test = load_source(args.test or args.original, args.test_split)
         report = evaluate(
-            single(args.original), single(args.anonymized), metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
-            key=args.key, image_column=args.image_column, seed=args.seed, clip_model=args.clip_model,
+            single(args.original), single(args.anonymized), metrics=metrics,
+            key=args.key, image_column=args.image_column, seed=args.seed, clip_model=args.clip_model, test=test, utility=utility,
         )
         if args.flag_truth:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))

@@ -1,5 +1,5 @@
-"""``evaluate(original, anonymized)``: aligned pairs -> offline privacy and cheating metrics -> a report with
-bootstrap intervals, written as report.json, report.md and plots."""
+"""``evaluate(original, anonymized)``: aligned pairs -> offline privacy and cheating metrics (and, on request,
+quality and utility) -> a report with bootstrap intervals, written as report.json, report.md and plots."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from .metrics import DLIB_SAME_PERSON, FaceMatcher, TextReader, hamming, leaked_
 
 logger = logging.getLogger(__name__)
 
-METRIC_GROUPS = ("privacy", "cheating", "quality")
+METRIC_GROUPS = ("privacy", "cheating", "quality", "utility")
+PAIR_GROUPS = ("privacy", "cheating", "quality")  # the groups measured pair by pair
 DEFAULT_METRICS = ("privacy", "cheating")
 NEAR_DUPLICATE_BITS = 8  # perceptual-hash distance at or under which two images count as near-duplicates
 UNCHANGED_SSIM = 0.98  # a flagged image this similar to its source was not really anonymized
@@ -47,12 +48,17 @@ class EvalReport:
     models: dict = field(default_factory=dict)
     worst: list = field(default_factory=list)  # row indices of the least private pairs
     thumbnails: dict = field(default_factory=dict)  # row -> PIL before|after sheet of the least private pairs
+    utility: dict = field(default_factory=dict)  # UtilityResult.to_dict(): runs, curves, per-class accuracy, counts
 
     def to_dict(self) -> dict:
-        return {"pairs": self.pairs, "metrics": self.metrics, "models": self.models, "worst_rows": self.worst}
+        out = {"pairs": self.pairs, "metrics": self.metrics, "models": self.models, "worst_rows": self.worst}
+        if self.utility:
+            out["utility"] = self.utility
+        return out
 
     def write(self, out_dir: str) -> dict:
-        """report.json, report.md and one histogram PNG per metric with per-pair values."""
+        """report.json, report.md, one histogram PNG per metric with per-pair values and utility.png (accuracy bars
+        with their intervals, training loss per epoch) when utility was measured."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -82,14 +88,20 @@ class EvalReport:
             lines.append(f"| {name} | {value} | {ci} | {m['n']} |")
         lines += ["", "## Definitions", ""] + [f"- **{n}**: {m['definition']}" for n, m in self.metrics.items()]
         lines += ["", "## Models", ""] + [f"- {k}: {v}" for k, v in self.models.items()]
-        lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots]
-        lines += ["", f"## Least private pairs (rows {self.worst}: highest face or text similarity first)", ""]
+        if self.utility:
+            lines += [""] + _utility_lines(self.utility, _utility_plot(self.utility, self.metrics, out_dir))
+        if plots:
+            lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots]
+        if self.worst:
+            lines += ["", f"## Least private pairs (rows {self.worst}: highest face or text similarity first)", ""]
         for row, sheet in self.thumbnails.items():
             name = f"worst_{row}.png"
             sheet.save(os.path.join(out_dir, name))
             lines.append(f"row {row} (original | anonymized): ![row {row}]({name})")
         with open(os.path.join(out_dir, "report.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
+        if self.utility:
+            plots.append("utility.png")
         return {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"), "plots": plots}
 
 
@@ -164,15 +176,30 @@ def _rgb(cell):
     return None if img is None else np.asarray(img.convert("RGB"))
 
 
-def evaluate(original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0, clip_model: str | None = None) -> EvalReport:
+def evaluate(
+    original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0,
+    clip_model: str | None = None, test=None, utility=None,
+) -> EvalReport:
     """Compare an anonymized dataset with its original; ``quality`` needs a CLIP model (``clip_model``: Hub id or
-    local path, default the paper's ViT-L/14) and reports ``unavailable`` with the reason when it cannot load."""
+    local path, default the paper's ViT-L/14) and reports ``unavailable`` with the reason when it cannot load.
+
+    ``utility`` trains the same classifier on ``original`` and on ``anonymized`` (both the training split) and
+    tests both on ``test``, the original test split; ``utility`` is a ``UtilityConfig`` (default: the offline
+    built-in backbone). A backbone that cannot be loaded makes the utility figures ``unavailable`` with the reason.
+    """
     from datasets import Image
 
     unknown = set(metrics) - set(METRIC_GROUPS)
     if unknown:
         raise ValueError(f"Got {sorted(unknown)} for `metrics`; available: {list(METRIC_GROUPS)}")
+    if "utility" in metrics and test is None:
+        raise ValueError("the utility metric needs the original test split: pass `test` (CLI: --test-split, --test)")
     pairs = align(original, anonymized, key, image_column)
+    report = EvalReport(pairs=len(pairs))
+    if "utility" in metrics:
+        _add_utility(report, original, anonymized, test, utility, key, image_column, seed)
+    if not set(metrics) & set(PAIR_GROUPS):
+        return report
     src = original.cast_column(image_column, Image(decode=False))
     dst = anonymized.cast_column(image_column, Image(decode=False))
     flagged = dst[C.PRIVACY_FLAG] if C.PRIVACY_FLAG in dst.column_names else [True] * len(dst)
@@ -223,7 +250,6 @@ def evaluate(original, anonymized, metrics=DEFAULT_METRICS, key: str | None = No
         privacy_score.append((worst, j))
         if quality is not None:
             quality.add(a, b, j)
-    report = EvalReport(pairs=len(pairs))
     if faces is not None:
         report.metrics["face_sim"] = _summary(per["face_sim"], DEFINITIONS["face_sim"], seed)
         report.metrics["face_reidentified_share"] = _share(per_row, "reidentified", ("faces", "vanished"), "face_reidentified_share", seed)
@@ -336,3 +362,72 @@ class _Quality:
         out["fid"] = {"value": frechet_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": DEFINITIONS["fid"]}
         out["kid"] = {"value": kernel_inception_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": DEFINITIONS["kid"]}
         return out
+
+
+def _add_utility(report: EvalReport, original, anonymized, test, config, key, image_column: str, seed: int) -> None:
+    from .utility import DEFINITIONS as UTILITY_DEFINITIONS
+    from .utility import UtilityConfig, evaluate_utility, load_backbone
+
+    config = config or UtilityConfig(seed=seed)
+    try:
+        load_backbone(config.backbone, config.revision, config.image_size, config.seed)
+    except (OSError, ValueError, ImportError) as exc:  # no weights offline, unknown architecture, missing extra
+        reason = f"backbone {config.backbone!r} could not be loaded ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        for name, definition in UTILITY_DEFINITIONS.items():
+            report.metrics[name] = {"value": None, "ci95": None, "n": 0, "definition": definition, "unavailable": reason}
+        report.models["utility classifier"] = f"{config.backbone} (unavailable)"
+        return
+    result = evaluate_utility(original, anonymized, test, config, key=key, image_column=image_column)
+    report.metrics.update(result.metrics())
+    report.models["utility classifier"] = f"{result.model}, {config.mode}"
+    report.utility = result.to_dict()
+
+
+def _utility_plot(utility: dict, metrics: dict, out_dir: str) -> str:
+    """utility.png: test accuracy of both runs with their 95% intervals, and the training loss per epoch."""
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(8, 3))
+    names, colours = ("original", "anonymized"), ("#1565c0", "#ef6c00")
+    values = [metrics[f"utility_accuracy_{n}"]["value"] for n in names]
+    cis = [metrics[f"utility_accuracy_{n}"]["ci95"] or [v, v] for n, v in zip(names, values)]
+    errors = np.array([[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]])
+    bars.bar(names, values, yerr=errors, capsize=6, color=colours)
+    chance = 1.0 / max(1, len(utility["classes"]))
+    bars.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.2f})")
+    bars.set_ylim(0, 1)
+    bars.set_ylabel(f"test accuracy (n={utility['test_samples']})")
+    bars.legend(loc="lower right", fontsize=8)
+    for name, colour in zip(names, colours):
+        loss = utility["runs"][name]["loss"]
+        curves.plot(range(1, len(loss) + 1), loss, marker="o", markersize=3, color=colour, label=f"trained on {name}")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("training loss")
+    curves.legend(fontsize=8)
+    fig.suptitle(f"utility: {utility['mode']}, {utility['model'].split(' (')[0]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "utility.png"), dpi=100)
+    plt.close(fig)
+    return "utility.png"
+
+
+def _utility_lines(utility: dict, plot: str) -> list[str]:
+    counts, runs, cfg = utility["counts"], utility["runs"], utility["config"]
+    failed = ", ".join(f"{n} {status}" for status, n in counts["anonymized_failed"].items()) or "none"
+    lines = [
+        "## Utility",
+        "",
+        f"The same classifier ({utility['model']}; {utility['mode']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['learning_rate']}, "
+        f"seed {cfg['seed']}) trained once on the original and once on the anonymized training split, both tested on the original test split "
+        f"({utility['test_samples']} rows; {counts['test_unreadable']} unreadable dropped).",
+        "",
+        f"- training rows: {runs['original']['train_samples']} original, {runs['anonymized']['train_samples']} anonymized "
+        f"(of {counts['train_pairs']} pairs; {counts['original_unreadable']} unreadable originals dropped)",
+        f"- failed / invalid anonymized rows: {failed} ({'dropped from the anonymized run' if counts['failed_rows_policy'] == 'drop' else 'kept as grey images with their label'})",
+        f"- training time: {runs['original']['seconds']} s and {runs['anonymized']['seconds']} s",
+        "",
+        "| class | test rows | accuracy (original) | accuracy (anonymized) |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {c['n']} | {c['original']:.4f} | {c['anonymized']:.4f} |" for name, c in utility["per_class"].items()]
+    return lines + ["", f"![{plot}]({plot})"]
