@@ -269,12 +269,19 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: str | None, stem: str, results: dict, markdown: str) -> None:
-    print(markdown, flush=True)
+def save_json(out: str | None, stem: str, results: dict) -> None:
+    """Results so far (also after every measurement: a run stopped by a timeout keeps what it measured)."""
     if not out:
         return
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{stem}.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
+
+
+def write_outputs(out: str | None, stem: str, results: dict, markdown: str) -> None:
+    print(markdown, flush=True)
+    if not out:
+        return
+    save_json(out, stem, results)
     with open(os.path.join(out, f"{stem}.md"), "w") as f:
         f.write(markdown + "\n")

@@ -201,16 +201,16 @@ def prompt_tokens(gen, conversation) -> int:
     return int(inputs["input_ids"].shape[1])
 
 
-def sweep(name: str, run, sizes: list[int], loop_n: int, measure, budget) -> dict:
+def sweep(name: str, run, sizes: list[int], loop_n: int, measure, budget, result: dict, checkpoint) -> None:
     """``run(n_rows, batch_size)`` timed one at a time over ``loop_n`` rows, then once per batch size over as many
-    rows as the batch holds. After an out-of-memory error larger batches are not tried."""
-    result = {"loop": None, "batches": []}
+    rows as the batch holds, into ``result``. After an out-of-memory error larger batches are not tried."""
     print(f"[{name}] one at a time over {loop_n} rows ...", flush=True)
     m = measure(lambda: run(loop_n, 1))
     m.update(rows=loop_n, batch=1)
     if not m["oom"]:
         m["rows_per_s"] = loop_n / m["seconds"]
     result["loop"] = m
+    checkpoint()
     stop = None
     for b in sizes:
         if stop is None and budget.exceeded():
@@ -226,7 +226,7 @@ def sweep(name: str, run, sizes: list[int], loop_n: int, measure, budget) -> dic
         else:
             m["rows_per_s"] = b / m["seconds"]
         result["batches"].append(m)
-    return result
+        checkpoint()
 
 
 def main(argv=None) -> dict:
@@ -296,10 +296,13 @@ def main(argv=None) -> dict:
         force_length(gens[role], new)
         (inspector if role == "vlm" else writer).max_new_tokens = new
 
-    if "vlm" in args.stages:
-        results["vlm"] = sweep("vlm", run_vlm, args.batch_sizes, args.loop_images, measure, budget)
-    if "instructor" in args.stages:
-        results["instructor"] = sweep("instructor", run_instructor, args.batch_sizes, args.loop_images, measure, budget)
+    def checkpoint():
+        bc.save_json(args.out, f"stage1_{args.preset}", results)
+
+    for role, run in (("vlm", run_vlm), ("instructor", run_instructor)):
+        if role in args.stages:
+            results[role] = {"loop": None, "batches": []}
+            sweep(role, run, args.batch_sizes, args.loop_images, measure, budget, results[role], checkpoint)
     results["combined"] = combine(results, args.stages)
     write_outputs(results, args)
     del gens, inspector, writer

@@ -89,7 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--validate", action="store_true", help="with --extrapolate: also time the batch-1 loop at the full count")
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds per editor; batch sizes not started by then are skipped (0 = no limit)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 with --tiny on CPU, else torch's default)")
-    p.add_argument("--out", default=None, help="folder for stage2.json / stage2.md")
+    p.add_argument("--out", default=None, help="folder for <name>.json / <name>.md")
+    p.add_argument("--name", default="stage2", help="file name stem of the outputs (default stage2)")
     args = p.parse_args(argv)
     import torch
 
@@ -223,17 +224,22 @@ class EditorTimer:
             if ma["oom"] or mb["oom"]:
                 return {"oom": True, "measured": {a: ma, b: mb}}
             per_unit = (mb["seconds"] - ma["seconds"]) / (b - a)
-            m = {"oom": False, "seconds": mb["seconds"] + (self.full - b) * per_unit, "peak_gib": mb["peak_gib"],
-                 "extrapolated_from": {a: ma["seconds"], b: mb["seconds"]}, "seconds_per_unit": per_unit, "units": self.full}
+            if per_unit <= 0:
+                # noise larger than the cost of B - A units: no usable slope, so measure the full count
+                m = self._at(self.full, n)
+                m.update(units=self.full, extrapolation_failed={a: ma["seconds"], b: mb["seconds"]})
+            else:
+                m = {"oom": False, "seconds": mb["seconds"] + (self.full - b) * per_unit, "peak_gib": mb["peak_gib"],
+                     "extrapolated_from": {a: ma["seconds"], b: mb["seconds"]}, "seconds_per_unit": per_unit, "units": self.full}
             if ma.get("oom_splits") or mb.get("oom_splits"):
-                m["oom_splits"] = (ma.get("oom_splits") or []) + (mb.get("oom_splits") or [])
+                m["oom_splits"] = (ma.get("oom_splits") or []) + (mb.get("oom_splits") or []) + (m.get("oom_splits") or [])
         m.update(rows=n, batch=batch)
         if not m["oom"]:
             m["images_per_s"] = n / m["seconds"]
         return m
 
 
-def bench_editor(name: str, args, images, measure) -> dict:
+def bench_editor(name: str, args, images, measure, checkpoint) -> dict:
     import torch
 
     config = editor_config(name, args)
@@ -247,6 +253,7 @@ def bench_editor(name: str, args, images, measure) -> dict:
         "parameters_b": {k: round(sum(p.numel() for p in m.parameters()) / 1e9, 3) for k, m in editor.pipe.components.items() if isinstance(m, torch.nn.Module)},
         "rows": [],
     }
+    checkpoint(result)
     if args.device.startswith("cuda"):
         result["weights_gib"] = round(torch.cuda.memory_allocated(args.device) / 2**30, 2)
     timer = EditorTimer(name, editor, args, images, measure, bc.WarningCounter("hf_unsafe2safe.editing.diffusion"))
@@ -261,6 +268,7 @@ def bench_editor(name: str, args, images, measure) -> dict:
     loop = timer(args.loop_images, 1)
     loop["what"] = "one at a time"
     result["rows"].append(loop)
+    checkpoint(result)
     if args.extrapolate and args.validate:
         print(f"[{name}] validating the extrapolation at batch 1, full count ...", flush=True)
         full = timer(1, 1, full=True)
@@ -268,6 +276,7 @@ def bench_editor(name: str, args, images, measure) -> dict:
         if not full["oom"] and not loop["oom"]:
             full["extrapolation_error"] = (loop["seconds"] / loop["rows"]) / full["seconds"] - 1
         result["rows"].append(full)
+        checkpoint(result)
     stop = None
     for b in args.batch_sizes:
         if stop is None and budget.exceeded():
@@ -279,6 +288,7 @@ def bench_editor(name: str, args, images, measure) -> dict:
         m = timer(b, b)
         m["what"] = "batched"
         result["rows"].append(m)
+        checkpoint(result)
         if m["oom"]:
             stop = f"out of memory at batch {b}"
     if name == "flowedit":
@@ -289,6 +299,7 @@ def bench_editor(name: str, args, images, measure) -> dict:
         ref = timer(args.loop_images, 1)
         ref["what"] = f"reference-like: one at a time, {args.reference_dtype}, no compile"
         result["rows"].append(ref)
+        checkpoint(result)
     base = loop.get("images_per_s")
     ref_ips = result["rows"][-1].get("images_per_s") if name == "flowedit" else None
     batched = [r for r in result["rows"] if r.get("what") == "batched" and r.get("images_per_s")]
@@ -316,7 +327,12 @@ def main(argv=None) -> dict:
         "editors": {},
     }
     for name in args.editors:
-        results["editors"][name] = bench_editor(name, args, images, measure)
+
+        def checkpoint(editor_result, name=name):
+            results["editors"][name] = editor_result
+            bc.save_json(args.out, args.name, results)
+
+        results["editors"][name] = bench_editor(name, args, images, measure, checkpoint)
     write_outputs(results, args)
     return results
 
@@ -335,19 +351,21 @@ def write_outputs(results: dict, args) -> None:
         rows = []
         for x in r["rows"]:
             if x.get("skipped") or x.get("oom"):
-                rows.append([x["what"], x.get("batch"), "-", "-", x.get("skipped") or "OOM", "-", ""])
+                rows.append([x["what"], x.get("batch"), "-", "-", "-", x.get("skipped") or "OOM", "-", "-", ""])
                 continue
             note = "batch split after OOM" if x.get("oom_splits") else ""
+            if x.get("extrapolation_failed"):
+                note = "measured at the full count (no usable slope)"
             if "extrapolation_error" in x:
                 note = f"extrapolation error {x['extrapolation_error']:+.1%}"
             dtype = args.reference_dtype if x["what"].startswith("reference") else args.dtype
-            rows.append([x["what"], x["batch"], dtype, x["seconds"], x["images_per_s"], f"{x['images_per_s'] / base:.2f}x" if base else "-", x["peak_gib"], note])
-        lines.append(bc.markdown_table(["row", "batch", "dtype", "seconds", "images/s", "vs one-at-a-time", "peak GiB", "note"], rows))
+            rows.append([x["what"], x["batch"], x["rows"], dtype, x["seconds"], x["images_per_s"], f"{x['images_per_s'] / base:.2f}x" if base else "-", x["peak_gib"], note])
+        lines.append(bc.markdown_table(["row", "batch", "images", "dtype", "seconds", "images/s", "vs one-at-a-time", "peak GiB", "note"], rows))
         if r["best"]:
             b = r["best"]
             goal = f"; vs reference-like {b['vs_reference_like']:.2f}x (goal >= 10x: {'met' if b['vs_reference_like'] >= 10 else 'not met'})" if b.get("vs_reference_like") else ""
             lines.append(f"\nBest: batch {b['batch']}, {b['images_per_s']:.3f} images/s, {b['vs_loop']:.2f}x the one-at-a-time loop{goal}.")
-    bc.write_outputs(args.out, "stage2", results, "\n".join(lines))
+    bc.write_outputs(args.out, args.name, results, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -56,12 +56,13 @@ def test_stage1_tiny_cpu(tmp_path, preset):
 def test_stage2_tiny_cpu(tmp_path):
     stage2 = _load("bench_stage2")
     results = stage2.main(["--device", "cpu", "--tiny", "--batch-sizes", "2", "--loop-images", "1",
-                           "--extrapolate", "1,2", "--out", str(tmp_path)])
+                           "--extrapolate", "2,6", "--out", str(tmp_path)])
     for name in ("instruct-pix2pix", "flowedit"):
         rows = results["editors"][name]["rows"]
         assert all(not r.get("oom") and r["images_per_s"] > 0 for r in rows)
-        # every call was timed at 1 and 2 work units and extrapolated to the preset's full count
+        # every call was timed at 2 and 6 work units and extrapolated to the preset's full count (or, when noise
+        # hid the slope, measured at the full count)
         full = 20 if name == "instruct-pix2pix" else 33
-        assert all(r["units"] == full and set(r["extrapolated_from"]) == {1, 2} for r in rows)
+        assert all(r["units"] == full and set(r.get("extrapolated_from") or r["extrapolation_failed"]) == {2, 6} for r in rows)
     assert [r["what"] for r in results["editors"]["flowedit"]["rows"]][-1].startswith("reference-like")
     assert (tmp_path / "stage2.json").exists() and "TINY smoke run" in (tmp_path / "stage2.md").read_text()
