@@ -230,7 +230,9 @@ def load_backbone(backbone: str, revision: str | None = None, image_size: int | 
         except (OSError, ValueError, AttributeError, TypeError) as err:
             logger.warning("no image processor for %r (%s): normalising with mean 0.5, std 0.5", backbone, type(err).__name__)
             mean, std = [0.5] * 3, [0.5] * 3
-        name = backbone if revision is None else f"{backbone}@{revision}"
+        # the commit the weights came from, when they came from the Hub (None for a local folder)
+        resolved = revision or getattr(model.config, "_commit_hash", None)
+        name = backbone if resolved is None else f"{backbone}@{resolved}"
     model.eval()
     native = getattr(model.config, "image_size", None)
     native = native if isinstance(native, int) else None
