@@ -192,8 +192,10 @@ class DiffusionEditorConfig(ModelConfig):
     name: str = "instruct-pix2pix"
     # "regions": composite inside the sensitive regions only; "global": the paper's whole-image edit
     mode: str = "regions"
-    steps: int = 20
-    guidance_scale: float = 7.5
+    # None: the editor's recommended value (EDITOR_DEFAULTS: 20 / 7.5 for instruct-pix2pix and inpaint, 28 / 2.5
+    # for kontext, 50 steps for flowedit)
+    steps: int | None = None
+    guidance_scale: float | None = None
     image_guidance_scale: float = 1.5
     max_side: int = 512  # working resolution: longer side, aspect kept, snapped to the model's multiple
     batch_size: int = 4
@@ -215,11 +217,14 @@ class DiffusionEditorConfig(ModelConfig):
     without_t5: bool = False
 
     def __post_init__(self) -> None:
-        from .editing.diffusion import DEFAULT_EDITOR_MODELS, EDITORS
+        from .editing.diffusion import DEFAULT_EDITOR_MODELS, EDITOR_DEFAULTS, EDITORS
 
         _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
         if not self.model:
             self.model = DEFAULT_EDITOR_MODELS[self.name]
+        default_steps, default_guidance = EDITOR_DEFAULTS[self.name]
+        self.steps = default_steps if self.steps is None else self.steps
+        self.guidance_scale = default_guidance if self.guidance_scale is None else self.guidance_scale
         super().__post_init__()
         if self.name == "flowedit":
             _check(isinstance(self.n_max, int) and isinstance(self.n_min, int) and 0 <= self.n_min <= self.n_max <= self.steps, "diffusion.n_max", (self.n_min, self.n_max), f"0 <= n_min <= n_max <= steps ({self.steps})")

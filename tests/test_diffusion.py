@@ -119,7 +119,7 @@ def test_cli_editor_option_runs_the_diffusion_editor(ip2p_path, tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["anonymize", "--help"])
     help_text = capsys.readouterr().out
-    assert "--editor" in help_text and "instruct-pix2pix" in help_text and "lite:" in help_text
+    assert "--editor" in help_text and all(name in help_text for name in ("instruct-pix2pix", "inpaint", "flowedit", "kontext", "lite:"))
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "face.png").write_bytes(encode(data.astronaut()[::4, ::4], "PNG"))
@@ -155,6 +155,39 @@ def test_inpaint_editor_repaints_the_region_masks(tmp_path):
 
     e = anonymize.config.editor
     regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in out[C.PRIVACY_REGIONS][0]]
+    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
+    assert np.array_equal(before[weight == 0], after[weight == 0])
+    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5
+
+
+def test_kontext_editor_keeps_sizes_seeds_and_regions(tmp_path):
+    from PIL import Image
+    from skimage import data
+    from tiny_models import build_tiny_kontext
+
+    from hf_unsafe2safe.editing.diffusion import KontextEditor
+
+    path = build_tiny_kontext(str(tmp_path / "kontext"))
+    config = DiffusionEditorConfig(name="kontext", model=path, steps=2, max_side=64)
+    assert (config.steps, config.guidance_scale) == (2, 2.5)  # guidance: Kontext's own default
+    kontext = KontextEditor(config, "cpu")
+    assert kontext.pipe.__class__.__name__ == "FluxKontextPipeline" and kontext.multiple == 4
+    rng = np.random.RandomState(0)
+    images = [Image.fromarray(rng.randint(0, 255, (h, w, 3), np.uint8)) for h, w in ((48, 64), (100, 50), (48, 64))]
+    out = kontext.edit(images, ["make it blue", "x", "y"], [1, 2, 3])
+    assert [o.size for o in out] == [im.size for im in images]
+    alone = kontext.edit([images[2]], ["y"], [3])[0]
+    assert np.abs(np.asarray(alone, np.int16) - np.asarray(out[2], np.int16)).max() <= 1
+
+    anonymize = Unsafe2Safe.from_preset("lite", diffusion={"name": "kontext", "model": path, "steps": 2, "max_side": 64})
+    face = encode(data.astronaut()[::4, ::4], "PNG")
+    result = anonymize({"image": [{"bytes": face, "path": None}]})
+    assert result[C.ANONYMIZATION][0]["editor"].startswith("kontext")
+    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(result["image"][0]["bytes"]).convert("RGB"), np.int16)
+    from hf_unsafe2safe.inspection.base import Region
+
+    e = anonymize.config.editor
+    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in result[C.PRIVACY_REGIONS][0]]
     weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
     assert np.array_equal(before[weight == 0], after[weight == 0])
     assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5

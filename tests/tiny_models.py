@@ -223,3 +223,44 @@ def build_tiny_clip(path: str, seed: int = 0) -> str:
     tokenizer = CLIPTokenizer(*_byte_level_clip_vocab(os.path.join(path, "_vocab")), pad_token="<|endoftext|>", model_max_length=77)
     CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}), tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+def _t5_tokenizer():
+    """A T5 (Unigram) tokenizer over printable ASCII, one token per character, built without the Hub."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(chr(c), -2.0) for c in range(33, 127)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def build_tiny_kontext(path: str, seed: int = 0) -> str:
+    """A one-block FLUX.1 Kontext pipeline: tiny Flux transformer (guidance-distilled), CLIP + T5 text encoders."""
+    import os
+
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+    )
+    clip = CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=514, max_position_embeddings=77,
+        bos_token_id=512, eos_token_id=513, pad_token_id=513, projection_dim=32, hidden_act="gelu",
+    ))
+    t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, decoder_start_token_id=0))
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    vocab = _byte_level_clip_vocab(os.path.join(path, "_vocab"))
+    pipe = FluxKontextPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+        text_encoder=clip, tokenizer=CLIPTokenizer(*vocab, pad_token="<|endoftext|>", model_max_length=77),
+        text_encoder_2=t5, tokenizer_2=_t5_tokenizer(),
+    )
+    pipe.save_pretrained(path)
+    return path

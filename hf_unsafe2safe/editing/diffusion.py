@@ -19,12 +19,16 @@ from .lite import _feather_weight, _grow
 
 logger = logging.getLogger(__name__)
 
-EDITORS = ("instruct-pix2pix", "inpaint", "flowedit")
+EDITORS = ("instruct-pix2pix", "inpaint", "flowedit", "kontext")
 DEFAULT_EDITOR_MODELS = {
     "instruct-pix2pix": "timbrooks/instruct-pix2pix",
     "inpaint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
     "flowedit": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "kontext": "black-forest-labs/FLUX.1-Kontext-dev",
 }
+# (steps, guidance_scale) each editor's model card recommends; used where the config leaves them unset
+# (FlowEdit guides with source_guidance / target_guidance instead)
+EDITOR_DEFAULTS = {"instruct-pix2pix": (20, 7.5), "inpaint": (20, 7.5), "flowedit": (50, 13.5), "kontext": (28, 2.5)}
 
 
 def working_size(size: tuple[int, int], max_side: int, multiple: int) -> tuple[int, int]:
@@ -196,10 +200,39 @@ class InpaintEditor(InstructPix2PixEditor):
         ).images
 
 
+class KontextEditor(InstructPix2PixEditor):
+    """``FluxKontextPipeline`` (FLUX.1 Kontext): an in-context instruction editor on a rectified-flow
+    transformer; text = the edit instruction, the source image is the context. Kontext's own snapping to its
+    preferred resolutions is off: the working size follows the source's aspect ratio like every editor here."""
+
+    name = "kontext"
+
+    def load_pipeline(self, config, dtype):
+        from diffusers import FluxKontextPipeline
+
+        return FluxKontextPipeline.from_pretrained(config.model, revision=config.revision, dtype=dtype)
+
+    def size_multiple(self) -> int:
+        return self.pipe.vae_scale_factor * 2  # latents are packed 2x2
+
+    def _call(self, prompts, images, masks, size, generators, sources):
+        return self.pipe(
+            image=images,
+            prompt=prompts,
+            height=size[1],
+            width=size[0],
+            num_inference_steps=self.config.steps,
+            guidance_scale=self.config.guidance_scale,
+            generator=generators,
+            max_area=size[0] * size[1],  # the pipeline rescales height x width to this area
+            _auto_resize=False,
+        ).images
+
+
 def build_editor(config, device: str):
     from .flowedit import FlowEditEditor
 
-    editors = {"instruct-pix2pix": InstructPix2PixEditor, "inpaint": InpaintEditor, "flowedit": FlowEditEditor}
+    editors = {"instruct-pix2pix": InstructPix2PixEditor, "inpaint": InpaintEditor, "flowedit": FlowEditEditor, "kontext": KontextEditor}
     if config.name not in editors:
         raise ValueError(f"Got {config.name!r} for `diffusion.name`; expected one of {EDITORS}")
     return editors[config.name](config, device)
