@@ -263,7 +263,10 @@ class UtilityTrainer:
 
         self.config = config or UtilityConfig()
         self.backbone = load_backbone(self.config.backbone, self.config.revision, self.config.image_size, self.config.seed)
-        self.accelerator = Accelerator(cpu=self.config.cpu, mixed_precision=self.config.mixed_precision, gradient_accumulation_steps=self.config.gradient_accumulation_steps)
+        try:
+            self.accelerator = Accelerator(cpu=self.config.cpu, mixed_precision=self.config.mixed_precision, gradient_accumulation_steps=self.config.gradient_accumulation_steps)
+        except ValueError as err:  # Accelerate keeps one device / precision setting per process
+            raise ValueError(f"Got mixed_precision={self.config.mixed_precision!r}, cpu={self.config.cpu!r} for `utility`; this process already runs Accelerate with other settings, which cannot change until it restarts ({err})") from err
 
     @property
     def image_size(self) -> int:
