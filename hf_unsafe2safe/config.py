@@ -213,6 +213,12 @@ class DiffusionEditorConfig(ModelConfig):
     n_min: int = 0
     n_max: int = 33
     n_avg: int = 1
+    # torch.compile the denoiser (UNet / transformer) with this mode ("default", "reduce-overhead",
+    # "max-autotune", "max-autotune-no-cudagraphs"); "" = eager
+    compile: str = ""
+    # diffusers attention backend ("native", "flash", "_native_cudnn", "sage", ... see diffusers'
+    # AttentionBackendName); only the kontext transformer dispatches through it; "" = the library default
+    attention_backend: str = ""
     # SD3 without its T5 encoder (diffusers' documented memory saver; also what the tiny test model has)
     without_t5: bool = False
 
@@ -234,6 +240,8 @@ class DiffusionEditorConfig(ModelConfig):
         _check(isinstance(self.steps, int) and self.steps >= 1, "diffusion.steps", self.steps, "an int >= 1")
         _check(isinstance(self.max_side, int) and self.max_side >= 64, "diffusion.max_side", self.max_side, "an int >= 64")
         _check(self.min_change >= 0, "diffusion.min_change", self.min_change, "a number >= 0")
+        _check(self.compile in ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"), "diffusion.compile", self.compile, "'' or a torch.compile mode")
+        _check(not self.attention_backend or self.name == "kontext", "diffusion.attention_backend", self.attention_backend, f"'' for {self.name} (its attention is PyTorch SDPA; only kontext dispatches through diffusers' backends)")
         _check(isinstance(self.leak_check, bool), "diffusion.leak_check", self.leak_check, "true or false")
         _check(0 < self.face_leak_distance <= 2, "diffusion.face_leak_distance", self.face_leak_distance, "a number in (0, 2]")
         _check(0 < self.text_leak_similarity <= 1, "diffusion.text_leak_similarity", self.text_leak_similarity, "a number in (0, 1]")

@@ -179,6 +179,12 @@ def test_kontext_editor_keeps_sizes_seeds_and_regions(tmp_path):
     alone = kontext.edit([images[2]], ["y"], [3])[0]
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(out[2], np.int16)).max() <= 1
 
+    # attention through another diffusers backend: the same edit up to float noise; an unknown one fails at load
+    math = KontextEditor(DiffusionEditorConfig(name="kontext", model=path, steps=2, max_side=64, attention_backend="_native_math"), "cpu")
+    assert np.abs(np.asarray(math.edit([images[2]], ["y"], [3])[0], np.int16) - np.asarray(alone, np.int16)).max() <= 2
+    with pytest.raises(ValueError, match="must be one of"):
+        KontextEditor(DiffusionEditorConfig(name="kontext", model=path, steps=2, attention_backend="nonsense"), "cpu")
+
     anonymize = Unsafe2Safe.from_preset("lite", diffusion={"name": "kontext", "model": path, "steps": 2, "max_side": 64})
     face = encode(data.astronaut()[::4, ::4], "PNG")
     result = anonymize({"image": [{"bytes": face, "path": None}]})
@@ -191,3 +197,11 @@ def test_kontext_editor_keeps_sizes_seeds_and_regions(tmp_path):
     weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
     assert np.array_equal(before[weight == 0], after[weight == 0])
     assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5
+
+
+def test_speed_options_are_validated():
+    with pytest.raises(ValueError, match="diffusion.compile"):
+        DiffusionEditorConfig(compile="fast")
+    with pytest.raises(ValueError, match="diffusion.attention_backend"):
+        DiffusionEditorConfig(name="instruct-pix2pix", attention_backend="flash")
+    assert DiffusionEditorConfig(name="kontext", attention_backend="flash", compile="max-autotune").compile == "max-autotune"

@@ -108,6 +108,12 @@ class InstructPix2PixEditor:
         self.pipe = self.load_pipeline(config, pick_dtype(config.dtype, device)).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.multiple = self.size_multiple()
+        denoiser = getattr(self.pipe, "transformer", None) or self.pipe.unet
+        if config.attention_backend:
+            denoiser.set_attention_backend(config.attention_backend)  # diffusers' dispatcher; unknown names raise
+        if config.compile:
+            # one graph per working-size bucket and batch size: pays off on long jobs with few distinct sizes
+            denoiser.compile(mode=config.compile)
 
     def load_pipeline(self, config, dtype):
         from diffusers import StableDiffusionInstructPix2PixPipeline
