@@ -74,7 +74,8 @@ except Exception as err:  # informational: the benchmarks do not need it
     print("datasets does not import here:", repr(err)[:300])
 PY
 
-  bench stage1_fast 200 benchmarks/bench_stage1.py --preset fast --time-budget 120
+  # identical requests: 2 images are enough for the one-at-a-time baseline
+  bench stage1_fast 230 benchmarks/bench_stage1.py --preset fast --loop-images 2 --time-budget 150
   bench stage2_instruct-pix2pix 150 benchmarks/bench_stage2.py --editors instruct-pix2pix --name stage2_instruct-pix2pix --time-budget 70
   bench stage2_flowedit 200 benchmarks/bench_stage2.py --editors flowedit --name stage2_flowedit --extrapolate 4,12 --validate --time-budget 100
   if [ "$(left)" -ge 100 ]; then
