@@ -15,7 +15,6 @@ measured code is the project's own: ``VLMInspector.inspect`` and ``EditInstructi
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from pathlib import Path
 
@@ -305,10 +304,6 @@ def main(argv=None) -> dict:
             sweep(role, run, args.batch_sizes, args.loop_images, measure, budget, results[role], checkpoint)
     results["combined"] = combine(results, args.stages)
     write_outputs(results, args)
-    del gens, inspector, writer
-    gc.collect()
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return results
 
 
