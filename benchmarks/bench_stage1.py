@@ -172,22 +172,11 @@ def image_only(processor_cls):
 
 
 def chat_generator(model, processor, device: str, vision: bool):
-    """The project's ChatGenerator around a model and processor built in memory. Its ``__init__`` loads from a
-    path; this sets the same attributes (left padding, a pad token), so ``generate`` - the batched call being
-    measured - is the project's own, unchanged."""
-    import torch
-
+    """The project's ChatGenerator (left padding, a pad token) around a model and processor built in memory:
+    ``generate`` - the batched call being measured - is the project's own, unchanged."""
     from hf_unsafe2safe.inspection.vlm import ChatGenerator
 
-    gen = ChatGenerator.__new__(ChatGenerator)
-    gen.device, gen.vision, gen._torch = device, vision, torch
-    gen.processor = processor
-    gen.tokenizer = processor.tokenizer if vision else processor
-    gen.tokenizer.padding_side = "left"
-    if gen.tokenizer.pad_token is None:
-        gen.tokenizer.pad_token = gen.tokenizer.eos_token
-    gen.model = model
-    return gen
+    return ChatGenerator.from_objects(model, processor, device, vision)
 
 
 def force_length(gen, n: int) -> None:

@@ -73,25 +73,36 @@ class ChatGenerator:
         import torch
         import transformers
 
-        self.device = device
-        self.vision = vision
         kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
         if vision:
-            self.processor = transformers.AutoProcessor.from_pretrained(model_id, **kwargs)
-            self.tokenizer = self.processor.tokenizer
+            processor = transformers.AutoProcessor.from_pretrained(model_id, **kwargs)
             model_cls = transformers.AutoModelForImageTextToText
         else:
-            self.processor = self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **kwargs)
+            processor = transformers.AutoTokenizer.from_pretrained(model_id, **kwargs)
             model_cls = transformers.AutoModelForCausalLM
+        model_kwargs = dict(kwargs, dtype=pick_dtype(dtype, device))
+        if attn_implementation:
+            model_kwargs["attn_implementation"] = attn_implementation
+        self._setup(model_cls.from_pretrained(model_id, **model_kwargs).to(device).eval(), processor, device, vision)
+        self._torch = torch
+
+    @classmethod
+    def from_objects(cls, model, processor, device: str, vision: bool) -> "ChatGenerator":
+        """Around a model and processor (vision) or tokenizer (text) already in memory, e.g. built from a config."""
+        import torch
+
+        self = cls.__new__(cls)
+        self._setup(model.to(device).eval(), processor, device, vision)
+        self._torch = torch
+        return self
+
+    def _setup(self, model, processor, device: str, vision: bool) -> None:
+        self.model, self.processor, self.device, self.vision = model, processor, device, vision
+        self.tokenizer = processor.tokenizer if vision else processor
         # left padding so every row's answer starts right after its own prompt in a batch
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model_kwargs = dict(kwargs, dtype=pick_dtype(dtype, device))
-        if attn_implementation:
-            model_kwargs["attn_implementation"] = attn_implementation
-        self.model = model_cls.from_pretrained(model_id, **model_kwargs).to(device).eval()
-        self._torch = torch
 
     def generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
         """Greedy answers to a batch of conversations (messages in the chat-template format)."""
