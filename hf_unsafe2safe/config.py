@@ -213,6 +213,9 @@ class DiffusionEditorConfig(ModelConfig):
     n_min: int = 0
     n_max: int = 33
     n_avg: int = 1
+    # instruct-pix2pix: condition on [instruction ; public caption] (two 77-token CLIP windows) instead of the
+    # instruction alone; the inference side of the paper's dual-prompt editors (made for weights fine-tuned so)
+    dual_prompt: bool = False
     # torch.compile the denoiser (UNet / transformer) with this mode ("default", "reduce-overhead",
     # "max-autotune", "max-autotune-no-cudagraphs"); "" = eager
     compile: str = ""
@@ -242,6 +245,7 @@ class DiffusionEditorConfig(ModelConfig):
         _check(self.min_change >= 0, "diffusion.min_change", self.min_change, "a number >= 0")
         _check(self.compile in ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"), "diffusion.compile", self.compile, "'' or a torch.compile mode")
         _check(not self.attention_backend or self.name == "kontext", "diffusion.attention_backend", self.attention_backend, f"'' for {self.name} (its attention is PyTorch SDPA; only kontext dispatches through diffusers' backends)")
+        _check(self.dual_prompt in (False, True) and (not self.dual_prompt or self.name == "instruct-pix2pix"), "diffusion.dual_prompt", self.dual_prompt, "false, or true with instruct-pix2pix")
         _check(isinstance(self.leak_check, bool), "diffusion.leak_check", self.leak_check, "true or false")
         _check(0 < self.face_leak_distance <= 2, "diffusion.face_leak_distance", self.face_leak_distance, "a number in (0, 2]")
         _check(0 < self.text_leak_similarity <= 1, "diffusion.text_leak_similarity", self.text_leak_similarity, "a number in (0, 1]")

@@ -306,6 +306,9 @@ class Unsafe2Safe:
                 targets = [rows[k][2].target_caption or rows[k][2].public_caption for k in todo]
                 return dict(zip(todo, editor.edit(images, targets, seeds, source_prompts=sources))), None
             prompts = [rows[k][2].edit_instruction or rows[k][2].public_caption for k in todo]
+            if getattr(editor, "uses_caption", False):  # dual prompt: the public caption as a second conditioning
+                captions = [rows[k][2].public_caption for k in todo]
+                return dict(zip(todo, editor.edit(images, prompts, seeds, captions=captions))), None
             return dict(zip(todo, editor.edit(images, prompts, seeds))), None
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: these rows get the lite region edit
             logger.exception("diffusion editing failed; using the lite region editor")

@@ -205,3 +205,29 @@ def test_speed_options_are_validated():
     with pytest.raises(ValueError, match="diffusion.attention_backend"):
         DiffusionEditorConfig(name="instruct-pix2pix", attention_backend="flash")
     assert DiffusionEditorConfig(name="kontext", attention_backend="flash", compile="max-autotune").compile == "max-autotune"
+
+
+def test_dual_prompt_conditions_on_instruction_and_caption(ip2p_path):
+    from PIL import Image
+
+    dual = InstructPix2PixEditor(DiffusionEditorConfig(model=ip2p_path, steps=2, max_side=64, batch_size=4, dual_prompt=True), "cpu")
+    assert dual.uses_caption
+    seen = []
+    dual.pipe.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].shape), with_kwargs=True)
+    rng = np.random.RandomState(1)
+    images = [Image.fromarray(rng.randint(0, 255, (48, 64, 3), np.uint8)) for _ in range(3)]
+    prompts, captions = ["make the face someone else", "x", "y"], ["a person on a street", "a room", "a car"]
+    out = dual.edit(images, prompts, [1, 2, 3], captions=captions)
+    assert seen[0][0] == 3 * 3 and seen[0][1] == 2 * dual.pipe.tokenizer.model_max_length  # 3 guidance branches x 3 rows; two windows
+    alone = dual.edit([images[2]], ["y"], [3], captions=["a car"])[0]
+    assert np.abs(np.asarray(alone, np.int16) - np.asarray(out[2], np.int16)).max() <= 1  # batch-independent
+    other = dual.edit([images[2]], ["y"], [3], captions=["a dog on a beach"])[0]
+    assert not np.array_equal(np.asarray(other), np.asarray(alone))  # the caption really conditions the edit
+    with pytest.raises(ValueError, match="diffusion.dual_prompt"):
+        DiffusionEditorConfig(name="kontext", dual_prompt=True)
+
+    anonymize = Unsafe2Safe.from_preset("lite", diffusion={"model": ip2p_path, "steps": 2, "max_side": 64, "dual_prompt": True})
+    from skimage import data
+
+    result = anonymize({"image": [{"bytes": encode(data.astronaut()[::4, ::4], "PNG"), "path": None}]})
+    assert result[C.ANONYMIZATION][0]["editor"].startswith("instruct-pix2pix")

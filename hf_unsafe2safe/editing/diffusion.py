@@ -129,10 +129,31 @@ class InstructPix2PixEditor:
     uses_mask = False
     uses_source_prompt = False
 
-    def _call(self, prompts, images, masks, size, generators, sources):
+    @property
+    def uses_caption(self) -> bool:
+        """Dual prompt: the public caption conditions the edit next to the instruction."""
+        return self.config.dual_prompt
+
+    def _embed(self, texts: list[str]):
+        """CLIP text states, one 77-token window per text."""
+        tok = self.pipe.tokenizer
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return self.pipe.text_encoder(ids.to(self.device))[0]
+
+    def _call(self, prompts, images, masks, size, generators, sources, captions):
         c = self.config
+        text: dict = {"prompt": prompts}
+        if captions is not None:
+            # the UNet cross-attends to [instruction tokens ; caption tokens]; the unconditional side is two
+            # empty windows, so both guidance branches see contexts of one length
+            with self._torch.inference_mode():
+                empty = self._embed([""] * len(prompts))
+                text = {
+                    "prompt_embeds": self._torch.cat([self._embed(prompts), self._embed(captions)], dim=1),
+                    "negative_prompt_embeds": self._torch.cat([empty, empty], dim=1),
+                }
         return self.pipe(
-            prompt=prompts,
+            **text,
             image=images,
             num_inference_steps=c.steps,
             guidance_scale=c.guidance_scale,
@@ -140,12 +161,14 @@ class InstructPix2PixEditor:
             generator=generators,
         ).images
 
-    def edit(self, images: list, prompts: list[str], seeds: list[int], masks: list | None = None, source_prompts: list[str] | None = None) -> list:
+
+    def edit(self, images: list, prompts: list[str], seeds: list[int], masks: list | None = None, source_prompts: list[str] | None = None, captions: list[str] | None = None) -> list:
         """Edited PIL images at each source's size; one pipeline call per (working size, batch) bucket.
         ``masks``: PIL "L" images (white = repaint) for editors that take one; ``source_prompts``: captions of
-        the sources for editors that contrast them with the target (FlowEdit)."""
+        the sources for editors that contrast them with the target (FlowEdit); ``captions``: the public
+        captions, a second conditioning for editors with ``uses_caption``."""
         c = self.config
-        self._masks, self._sources = masks, source_prompts
+        self._masks, self._sources, self._captions = masks, source_prompts, captions
         buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, img in enumerate(images):
             buckets[working_size(img.size, c.max_side, self.multiple)].append(i)
@@ -164,6 +187,7 @@ class InstructPix2PixEditor:
                 size,
                 [self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in chunk],
                 [self._sources[i] for i in chunk] if self._sources is not None else None,
+                [self._captions[i] for i in chunk] if self._captions is not None else None,
             )
         except self._torch.cuda.OutOfMemoryError:
             if len(chunk) == 1:
@@ -193,7 +217,7 @@ class InpaintEditor(InstructPix2PixEditor):
             config.model, revision=config.revision, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
 
-    def _call(self, prompts, images, masks, size, generators, sources):
+    def _call(self, prompts, images, masks, size, generators, sources, captions):
         return self.pipe(
             prompt=prompts,
             image=images,
@@ -221,7 +245,7 @@ class KontextEditor(InstructPix2PixEditor):
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * 2  # latents are packed 2x2
 
-    def _call(self, prompts, images, masks, size, generators, sources):
+    def _call(self, prompts, images, masks, size, generators, sources, captions):
         return self.pipe(
             image=images,
             prompt=prompts,

@@ -49,7 +49,7 @@ class FlowEditEditor(InstructPix2PixEditor):
             do_classifier_free_guidance=True, device=self.device,
         )
 
-    def _call(self, prompts, images, masks, size, generators, sources):
+    def _call(self, prompts, images, masks, size, generators, sources, captions):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         torch, pipe, c = self._torch, self.pipe, self.config
