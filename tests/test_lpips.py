@@ -6,21 +6,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hf_unsafe2safe.evaluation.lpips import CHANNELS, LPIPS, TAPS, _features  # noqa: E402
+from tiny_models import build_lpips_weights  # noqa: E402
+
+from hf_unsafe2safe.evaluation.lpips import LPIPS, TAPS  # noqa: E402
 
 
 def _weights(tmp_path, net, seed=0):
-    torch.manual_seed(seed)
-    features = _features(net)
-    for m in features:
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    backbone = {f"features.{k}": v for k, v in features.state_dict().items()}
-    backbone["classifier.1.weight"] = torch.zeros(4, 4)  # torchvision files carry the classifier too
-    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS[net])}
-    torch.save(backbone, tmp_path / f"{net}.pth")
-    torch.save(lin, tmp_path / f"{net}_lin.pth")
-    return str(tmp_path / f"{net}.pth"), str(tmp_path / f"{net}_lin.pth")
+    return build_lpips_weights(str(tmp_path), net, seed)
 
 
 def _reference(metric, a, b):
@@ -67,3 +59,62 @@ def test_wrong_files_are_clear_errors(tmp_path):
         LPIPS("vgg", vgg[0], alex[1])  # AlexNet calibration for VGG
     with pytest.raises(ValueError, match="lpips.net"):
         LPIPS("resnet", *alex)
+
+
+def _photos():
+    from skimage import data
+
+    rng = np.random.RandomState(1)
+    photos = [data.astronaut()[::4, ::4].copy(), data.coffee()[::4, ::4].copy()]
+    destroyed = [np.clip(p + rng.normal(0, 70, p.shape), 0, 255).astype(np.uint8) for p in photos]
+    return photos, destroyed
+
+
+def test_lpips_in_the_report_is_zero_on_copies_higher_on_destroyed_copies_and_flagged_only(tmp_path):
+    from conftest import encode, image_dataset
+
+    from hf_unsafe2safe.evaluation import LPIPSConfig, evaluate
+
+    photos, destroyed = _photos()
+    original = image_dataset([encode(p, "PNG") for p in photos], name=["a", "b"])
+    config = LPIPSConfig(net="alex", backbone=_weights(tmp_path, "alex")[0], calibration=str(tmp_path / "alex_lin.pth"), side=96)
+    same = evaluate(original, original, metrics=["lpips"], lpips=config).metrics["lpips"]
+    assert same["value"] == 0.0 and same["n"] == 2 and same["ci95"] == [0.0, 0.0]
+    assert "alex" in same["model"] and "sha256" in same["model"]  # the weight files are identified by their hash
+    worse = evaluate(original, image_dataset([encode(p, "PNG") for p in destroyed], name=["a", "b"]), metrics=["lpips"], lpips=config)
+    m = worse.metrics["lpips"]
+    assert m["value"] > 0.01 and m["ci95"][0] <= m["value"] <= m["ci95"][1]
+    assert len(worse.per_pair["lpips"]) == 2
+    # only flagged pairs count: the pass-through row is left out
+    partly = image_dataset([encode(p, "PNG") for p in destroyed], name=["a", "b"]).add_column("privacy_flag", [True, False])
+    assert evaluate(original, partly, metrics=["lpips"], lpips=config).metrics["lpips"]["n"] == 1
+    # without weights: unavailable, with the reason and how to fix it, and no number
+    off = evaluate(original, original, metrics=["cheating"]).metrics["lpips"]
+    assert off["value"] is None and "--lpips-backbone PATH --lpips-calibration PATH" in off["unavailable"]
+
+
+def test_lpips_config_and_command_line(tmp_path):
+    import json
+
+    from conftest import encode, image_dataset
+
+    from hf_unsafe2safe.cli import main
+    from hf_unsafe2safe.evaluation import LPIPSConfig
+
+    backbone, calibration = _weights(tmp_path, "alex")
+    with pytest.raises(ValueError, match="both paths or neither"):
+        LPIPSConfig(backbone=backbone)
+    with pytest.raises(ValueError, match="lpips.calibration"):
+        LPIPSConfig(backbone=backbone, calibration=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="lpips.net"):
+        LPIPSConfig(net="squeeze")
+    photos, destroyed = _photos()
+    image_dataset([encode(p, "PNG") for p in photos], name=["a", "b"]).save_to_disk(str(tmp_path / "src"))
+    image_dataset([encode(p, "PNG") for p in destroyed], name=["a", "b"]).save_to_disk(str(tmp_path / "dst"))
+    common = ["evaluate", "--original", str(tmp_path / "src"), "--anonymized", str(tmp_path / "dst"), "--metrics", "lpips"]
+    assert main(common + ["--report", str(tmp_path / "r"), "--lpips-net", "alex", "--lpips-backbone", backbone, "--lpips-calibration", calibration]) == 0
+    figure = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["lpips"]
+    assert figure["value"] > 0.01 and figure["n"] == 2 and figure["definition"] and figure["model"]
+    assert "lpips.png" in (tmp_path / "r" / "report.md").read_text()
+    with pytest.raises(SystemExit, match="both paths or neither"):
+        main(common + ["--report", str(tmp_path / "r2"), "--lpips-backbone", backbone])

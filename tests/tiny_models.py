@@ -264,3 +264,26 @@ def build_tiny_kontext(path: str, seed: int = 0) -> str:
     )
     pipe.save_pretrained(path)
     return path
+
+
+def build_lpips_weights(folder, net: str, seed: int = 0) -> tuple[str, str]:
+    """Random LPIPS weight files in the real formats (no package ships the ImageNet ones): a torchvision-format
+    backbone state dict (with a classifier entry, as torchvision files have) and lpips v0.1 calibration weights."""
+    import os
+
+    import torch
+
+    from hf_unsafe2safe.evaluation.lpips import CHANNELS, _features
+
+    torch.manual_seed(seed)
+    features = _features(net)
+    for m in features:
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    backbone = {f"features.{k}": v for k, v in features.state_dict().items()}
+    backbone["classifier.1.weight"] = torch.zeros(4, 4)
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS[net])}
+    paths = (os.path.join(folder, f"{net}.pth"), os.path.join(folder, f"{net}_lin.pth"))
+    torch.save(backbone, paths[0])
+    torch.save(lin, paths[1])
+    return paths

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import Pair, PairMetric, first_line, hub_model, mean_figure
+
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the paper's ViT-L/14
 
 
@@ -76,3 +78,65 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(
         (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1)) + (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1)) - 2.0 * k_ab.mean()
     )
+
+
+
+class ClipMetric(PairMetric):
+    """Quality figures: CLIP features accumulated pair by pair (flushed in batches) and summarised at the end.
+    The caption figures read the anonymized rows' ``private_caption`` / ``public_caption`` columns."""
+
+    name = "clip"
+    figures = {
+        "clip_score": "mean 100 * max(cos, 0) between the CLIP embeddings of the anonymized image and its public caption (higher is better)",
+        "directional_clip": "mean cosine between the CLIP image change (original -> anonymized) and the caption change (private -> public caption)",
+        "fid": "Frechet distance between the CLIP image features of the original and the anonymized sets (lower: closer distributions; no interval)",
+        "kid": "kernel (polynomial) distance between the same feature sets, unbiased MMD^2 (lower is closer; no interval)",
+    }
+
+    def __init__(self, clip_model: str | None, private_captions: list | None, public_captions: list | None, revision: str | None = None):
+        super().__init__()
+        self.model_id = clip_model or DEFAULT_CLIP
+        self.model = hub_model(self.model_id, revision)
+        self.private, self.public = private_captions, public_captions
+        try:
+            self.clip = ClipFeatures(self.model_id, revision=revision)
+            self.models = {"clip": self.model}
+        except (OSError, ValueError, ImportError) as exc:  # no weights offline, not a CLIP checkpoint, missing extra
+            self.unavailable = f"CLIP model {self.model_id!r} could not be loaded ({first_line(exc)})"
+            self.models = {"clip": f"{self.model_id} (unavailable)"}
+        self.buffer: list = []
+        self.before, self.after, self.score, self.direction = [], [], [], []
+
+    def add(self, pairs: list[Pair]) -> None:
+        self.buffer += pairs
+        if len(self.buffer) >= self.clip.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        from PIL import Image
+
+        if not self.buffer:
+            return
+        before = self.clip.images([Image.fromarray(p.original) for p in self.buffer])
+        after = self.clip.images([Image.fromarray(p.anonymized) for p in self.buffer])
+        self.before.append(before)
+        self.after.append(after)
+        if self.public is not None:
+            rows = [p.row for p in self.buffer]
+            pub = self.clip.texts([self.public[j] or "" for j in rows])
+            self.score += list(clip_score(after, pub))
+            if self.private is not None:
+                priv = self.clip.texts([self.private[j] or "" for j in rows])
+                self.direction += list(directional_clip(before, after, priv, pub))
+        self.buffer = []
+
+    def finish(self, seed: int) -> dict[str, dict]:
+        self._flush()
+        f, m = self.figures, self.model
+        out = {"clip_score": mean_figure(self.score, f["clip_score"], seed, m), "directional_clip": mean_figure(self.direction, f["directional_clip"], seed, m)}
+        before = np.concatenate(self.before) if self.before else np.zeros((0, 1))
+        after = np.concatenate(self.after) if self.after else np.zeros((0, 1))
+        enough = len(before) >= 2
+        out["fid"] = {"value": frechet_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": f["fid"], "model": m}
+        out["kid"] = {"value": kernel_inception_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": f["kid"], "model": m}
+        return out

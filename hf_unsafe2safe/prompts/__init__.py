@@ -16,6 +16,9 @@ PROMPT_FILES = (
     "box_formats.json",
     "grounding_queries.json",
 )
+# prompts of the evaluation suite: their hashes go into the report, not into the transform's fingerprint (they do
+# not change what the transform writes)
+EVAL_PROMPT_FILES = ("vlm_score_v1.txt", "demographics_v1.txt")
 
 
 def read_prompt(name: str) -> bytes:
@@ -30,6 +33,10 @@ def load_text(name: str) -> str:
 @lru_cache(maxsize=None)
 def load_json(name: str) -> dict:
     return json.loads(read_prompt(name))
+
+
+def prompt_sha256(name: str) -> str:
+    return hashlib.sha256(read_prompt(name)).hexdigest()
 
 
 def prompts_digest(folder=None) -> str:
