@@ -60,6 +60,9 @@ def test_the_lite_preset_is_evaluated_end_to_end(originals, tmp_path):
     assert report.metrics["text_leak_rate"]["value"] == 0.0
     assert report.metrics["region_unchanged_share"]["value"] == 0.0  # every sensitive region really changed
     assert report.metrics["region_unchanged_share"]["n"] >= 2
+    for name, figure in report.metrics.items():  # every figure: definition, model, sample count, interval (or why not)
+        assert figure["definition"] and figure["model"] and isinstance(figure["n"], int) and "ci95" in figure, name
+        assert figure["value"] is not None or figure["n"] == 0, name
     paths = report.write(str(tmp_path / "report"))
     md = open(paths["md"]).read()
     assert "face_sim" in md and "95% CI" in md and paths["plots"]
@@ -163,3 +166,39 @@ def test_flag_quality_against_ground_truth(originals):
     assert m["flag_recall"]["ci95"] == flag_quality(ds, "truth")["flag_recall"]["ci95"]  # seeded
     with pytest.raises(ValueError, match="missing_column"):
         flag_quality(ds, "missing_column")
+
+
+def test_metrics_are_chosen_by_group_or_name_and_plug_ins_join_the_report(originals, tmp_path):
+    from hf_unsafe2safe.evaluation import PairMetric
+    from hf_unsafe2safe.evaluation.base import mean_figure
+    from hf_unsafe2safe.evaluation.report import resolve_metrics
+
+    assert resolve_metrics(["privacy", "faces", "cheating"]) == ["faces", "text", "age_gender", "race", "vlm_score", "pixels", "lpips"]
+    assert resolve_metrics("demographics") == ["age_gender", "race"]
+    with pytest.raises(ValueError, match="metrics"):
+        resolve_metrics(["privacy", "vibes"])
+
+    class MeanAbsoluteDifference(PairMetric):
+        """A user's own metric: mean absolute pixel difference of same-size pairs."""
+
+        name = "mad"
+        figures = {"mean_abs_diff": "mean |original - anonymized| over pixels, 0-255"}
+
+        def __init__(self):
+            super().__init__()
+            self.model = "no model"
+            self.per_pair = {"mean_abs_diff": []}
+
+        def add(self, pairs):
+            for p in pairs:
+                same = p.original.shape == p.anonymized.shape
+                self.per_pair["mean_abs_diff"].append(float(np.abs(p.original.astype(int) - p.anonymized).mean()) if same else None)
+
+        def finish(self, seed):
+            return {"mean_abs_diff": mean_figure(self.per_pair["mean_abs_diff"], self.figures["mean_abs_diff"], seed, self.model)}
+
+    report = evaluate(originals, originals, metrics=["pixels", MeanAbsoluteDifference()])
+    assert report.metrics["mean_abs_diff"]["value"] == 0.0 and report.metrics["mean_abs_diff"]["n"] == 3
+    assert set(report.metrics) == {"ssim", "unchanged_share", "near_duplicate_share", "region_unchanged_share", "mean_abs_diff"}
+    paths = report.write(str(tmp_path / "r"))
+    assert "mean_abs_diff.png" in paths["plots"] and "model: no model" in open(paths["md"]).read()
