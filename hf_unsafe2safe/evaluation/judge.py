@@ -143,14 +143,19 @@ class VLMScoreMetric(PairMetric):
             self.unavailable = judge.error
         self.per_pair = {"vlm_score": []}
         self.invalid: list[tuple[int, str, str]] = []  # row, why, raw answer
+        self.pending: list[tuple[int, list]] = []  # (row, conversation) not yet asked
 
     def add(self, pairs: list[Pair]) -> None:
-        flagged = [p for p in pairs if p.flagged]
-        if not flagged:
-            return
-        conversations = [self.conversation(*self.judge.images(pair.original, pair.anonymized)) for pair in flagged]
-        for pair, answer in zip(flagged, self.judge.ask(conversations, self.judge.config.score_max_new_tokens)):
-            self.record(pair.row, answer)
+        # conversations wait until a whole generate batch is there (pairs arrive in smaller chunks)
+        self.pending += [(p.row, self.conversation(*self.judge.images(p.original, p.anonymized))) for p in pairs if p.flagged]
+        if len(self.pending) >= self.judge.config.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        answers = self.judge.ask([conv for _, conv in self.pending], self.judge.config.score_max_new_tokens)
+        for (row, _), answer in zip(self.pending, answers):
+            self.record(row, answer)
+        self.pending = []
 
     def conversation(self, original, anonymized) -> list[dict]:
         """One user turn: both images, original first, then the rubric."""
@@ -165,6 +170,8 @@ class VLMScoreMetric(PairMetric):
             self.per_pair["vlm_score"].append(score)
 
     def finish(self, seed: int) -> dict[str, dict]:
+        if self.pending:
+            self._flush()
         valid = len(self.per_pair["vlm_score"])
         invalid = self.figures["vlm_score_invalid_share"]
         hits = [1] * len(self.invalid) + [0] * valid
