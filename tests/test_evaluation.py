@@ -131,6 +131,21 @@ def test_fid_and_kid_math_on_fixed_features():
     assert kernel_inception_distance(a, a + 3.0) > 1.0
 
 
+def test_fid_and_kid_intervals_resample_pairs_deterministically():
+    from hf_unsafe2safe.evaluation.quality import frechet_distance, kernel_inception_distance, set_distance_figure
+
+    rng = np.random.RandomState(1)
+    before = rng.randn(200, 4)
+    after = before + np.array([1.0, 2.0, 0.0, 0.0]) + 0.1 * rng.randn(200, 4)
+    fid = set_distance_figure(frechet_distance, before, after, "fid", seed=3, model="fixed")
+    low, high = fid["ci95"]
+    assert low <= fid["value"] <= high and 4.0 < low and high < 6.5 and fid["n"] == 200
+    assert set_distance_figure(frechet_distance, before, after, "fid", seed=3, model="fixed") == fid  # seeded
+    kid = set_distance_figure(kernel_inception_distance, before, after, "kid", seed=3, model="fixed")
+    assert kid["ci95"][0] <= kid["value"] <= kid["ci95"][1]
+    assert set_distance_figure(frechet_distance, before[:1], after[:1], "fid", 0, "fixed")["value"] is None
+
+
 def test_clip_quality_on_a_tiny_model_and_unavailable_without_weights(originals, tmp_path):
     from tiny_models import build_tiny_clip
 
@@ -142,7 +157,7 @@ def test_clip_quality_on_a_tiny_model_and_unavailable_without_weights(originals,
     report = evaluate(originals, safe, metrics=["quality"], clip_model=path)
     m = report.metrics
     assert m["clip_score"]["n"] == 3 and 0.0 <= m["clip_score"]["value"] <= 100.0
-    assert -1.0 <= m["directional_clip"]["value"] <= 1.0 and m["fid"]["value"] is not None
+    assert -1.0 <= m["directional_clip"]["value"] <= 1.0 and m["fid"]["value"] is not None and m["fid"]["ci95"] is not None
     # the score is the formula on the model's own embeddings
     clip = ClipFeatures(path)
     images = [im.convert("RGB") for im in safe["image"]]

@@ -70,6 +70,23 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))
 
 
+def set_distance_figure(distance, before: np.ndarray, after: np.ndarray, definition: str, seed: int, model: str, rounds: int = 100) -> dict:
+    """A distance between two feature sets with a percentile bootstrap interval: the pairs (row i of both sets)
+    are resampled together ``rounds`` times, deterministic under ``seed``. Fewer rounds than the per-pair
+    figures: each round recomputes the distance (for FID a d x d matrix square root)."""
+    n = len(before)
+    if n < 2:
+        return {"value": None, "ci95": None, "n": n, "definition": definition, "model": model}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        idx = rng.integers(0, n, size=n)
+        if len(np.unique(idx)) >= 2:
+            values.append(distance(before[idx], after[idx]))
+    ci = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
+    return {"value": distance(before, after), "ci95": ci, "n": n, "definition": definition, "model": model}
+
+
 def kernel_inception_distance(a: np.ndarray, b: np.ndarray) -> float:
     """KID: unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3."""
     d = a.shape[1]
@@ -89,8 +106,8 @@ class ClipMetric(PairMetric):
     figures = {
         "clip_score": "mean 100 * max(cos, 0) between the CLIP embeddings of the anonymized image and its public caption (higher is better)",
         "directional_clip": "mean cosine between the CLIP image change (original -> anonymized) and the caption change (private -> public caption)",
-        "fid": "Frechet distance between the CLIP image features of the original and the anonymized sets (lower: closer distributions; no interval)",
-        "kid": "kernel (polynomial) distance between the same feature sets, unbiased MMD^2 (lower is closer; no interval)",
+        "fid": "Frechet distance between the CLIP image features of the original and the anonymized sets (lower: closer distributions; the interval resamples pairs, 100 rounds)",
+        "kid": "kernel (polynomial) distance between the same feature sets, unbiased MMD^2 (lower is closer; the interval resamples pairs, 100 rounds)",
     }
 
     def __init__(self, clip_model: str | None, private_captions: list | None, public_captions: list | None, revision: str | None = None):
@@ -136,7 +153,6 @@ class ClipMetric(PairMetric):
         out = {"clip_score": mean_figure(self.score, f["clip_score"], seed, m), "directional_clip": mean_figure(self.direction, f["directional_clip"], seed, m)}
         before = np.concatenate(self.before) if self.before else np.zeros((0, 1))
         after = np.concatenate(self.after) if self.after else np.zeros((0, 1))
-        enough = len(before) >= 2
-        out["fid"] = {"value": frechet_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": f["fid"], "model": m}
-        out["kid"] = {"value": kernel_inception_distance(before, after) if enough else None, "ci95": None, "n": len(before), "definition": f["kid"], "model": m}
+        out["fid"] = set_distance_figure(frechet_distance, before, after, f["fid"], seed, m)
+        out["kid"] = set_distance_figure(kernel_inception_distance, before, after, f["kid"], seed, m)
         return out
