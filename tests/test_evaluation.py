@@ -70,6 +70,10 @@ def test_the_lite_preset_is_evaluated_end_to_end(originals, tmp_path):
     lo, hi = report.metrics["region_unchanged_share"]["ci95"]
     assert lo <= report.metrics["region_unchanged_share"]["value"] <= hi
     assert (tmp_path / "report" / "report.json").exists()
+    page = open(paths["html"]).read()  # the same report as a page, plots and thumbnails inline
+    assert "<table>" in page and "<th>95% CI</th>" in page and "face_sim" in page
+    assert all(f'src="{p}"' in page for p in paths["plots"]) and 'src="worst_' in page
+    assert "<b>" in page and "**" not in page
 
 
 def test_a_copy_with_the_output_columns_is_caught_region_by_region(originals):

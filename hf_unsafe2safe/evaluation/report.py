@@ -8,9 +8,11 @@ reports its figures as ``unavailable`` with the reason."""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,9 +136,65 @@ class EvalReport:
             lines.append(f"row {row} (original | anonymized): ![row {row}]({name})")
         with open(os.path.join(out_dir, "report.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
+        with open(os.path.join(out_dir, "report.html"), "w") as f:
+            f.write(_html(lines))
         if self.utility:
             plots.append("utility.png")
-        return {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"), "plots": plots}
+        paths = {kind: os.path.join(out_dir, f"report.{kind}") for kind in ("json", "md", "html")}
+        return {**paths, "plots": plots}
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
+def _inline(text: str) -> str:
+    """The markdown this module writes, inline: escaped text, **bold**, ![alt](file) images."""
+    out, last = [], 0
+    for m in _IMAGE.finditer(text):
+        out.append(_BOLD.sub(r"<b>\1</b>", html.escape(text[last : m.start()])))
+        out.append(f'<img src="{html.escape(m.group(2))}" alt="{html.escape(m.group(1))}">')
+        last = m.end()
+    out.append(_BOLD.sub(r"<b>\1</b>", html.escape(text[last:])))
+    return "".join(out)
+
+
+def _html(lines: list[str]) -> str:
+    """report.html from report.md's lines (headings, tables, bullet lists, images, paragraphs), plots inline."""
+    body, table, items = [], [], []
+
+    def close():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            rest = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+            body.append(f"<table><tr>{head}</tr>{rest}</table>")
+            table.clear()
+        if items:
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        close()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    close()
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}"
+        "th{background:#f3f3f3}img{max-width:100%;margin:4px;vertical-align:top}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>Unsafe2Safe evaluation</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
 
 
 def _distribution_lines(metrics: dict, out_dir: str) -> list[str]:
