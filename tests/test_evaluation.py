@@ -1,5 +1,7 @@
 """The evaluation suite on real photos: known transformations move each metric the right way."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import encode, image_dataset
@@ -70,6 +72,13 @@ def test_the_lite_preset_is_evaluated_end_to_end(originals, tmp_path):
     lo, hi = report.metrics["region_unchanged_share"]["ci95"]
     assert lo <= report.metrics["region_unchanged_share"]["value"] <= hi
     assert (tmp_path / "report" / "report.json").exists()
+    # per privacy category: the faces of rows 0 and 2 (people), the letter's text (text_symbols)
+    cats = report.by_category
+    assert cats["people"]["rows"] == 2 and cats["people"]["status"] == {"edited": 2}
+    assert cats["people"]["figures"]["face_spot_distance"]["n"] == 2 and cats["people"]["figures"]["face_spot_distance"]["mean"] > 0.6
+    assert cats["text_symbols"]["figures"]["text_sim"]["mean"] < 0.5
+    assert "categories.png" in paths["plots"] and "Per privacy category" in md
+    assert json.load(open(paths["json"]))["by_category"] == cats
     page = open(paths["html"]).read()  # the same report as a page, plots and thumbnails inline
     assert "<table>" in page and "<th>95% CI</th>" in page and "face_sim" in page
     assert all(f'src="{p}"' in page for p in paths["plots"]) and 'src="worst_' in page

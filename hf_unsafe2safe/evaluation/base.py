@@ -41,10 +41,17 @@ class PairMetric:
         self.model = ""
         self.models: dict[str, str] = {}  # role -> model, for the report's model list
         self.per_pair: dict[str, list] = {}  # figure -> per-pair values, for the histograms
+        self.per_row: dict[str, dict[int, float]] = {}  # figure -> anonymized row -> value, for the per-category table
         self.risk: dict[int, float] = {}  # row -> how identifiable the pair still is (ranks the least private rows)
 
     def add(self, pairs: list[Pair]) -> None:
         raise NotImplementedError
+
+    def keep(self, figure: str, row: int, value) -> None:
+        """One pair's value of a figure (None: undefined for that pair)."""
+        self.per_pair.setdefault(figure, []).append(value)
+        if value is not None:
+            self.per_row.setdefault(figure, {})[row] = float(value)
 
     def finish(self, seed: int) -> dict[str, dict]:
         raise NotImplementedError

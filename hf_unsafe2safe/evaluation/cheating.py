@@ -38,7 +38,7 @@ class PixelCheating(PairMetric):
         for pair in pairs:
             a, b = pair.original, pair.anonymized
             s = ssim(a, b)
-            self.per_pair["ssim"].append(s)
+            self.keep("ssim", pair.row, s)
             flagged = unchanged = near_dup = regions = regions_unchanged = 0
             if pair.flagged:
                 flagged, unchanged = 1, int(s > UNCHANGED_SSIM)
@@ -116,7 +116,7 @@ class LPIPSMetric(PairMetric):
     def add(self, pairs: list[Pair]) -> None:
         for pair in pairs:
             if pair.flagged:
-                self.per_pair["lpips"].append(self.lpips.distance(pair.original, pair.anonymized))
+                self.keep("lpips", pair.row, self.lpips.distance(pair.original, pair.anonymized))
 
     def finish(self, seed: int) -> dict[str, dict]:
         return {"lpips": mean_figure(self.per_pair["lpips"], self.figures["lpips"], seed, self.model)}

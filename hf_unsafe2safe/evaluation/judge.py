@@ -167,7 +167,7 @@ class VLMScoreMetric(PairMetric):
         if score is None:
             self.invalid.append((row, why, answer))
         else:
-            self.per_pair["vlm_score"].append(score)
+            self.keep("vlm_score", row, score)
 
     def finish(self, seed: int) -> dict[str, dict]:
         if self.pending:

@@ -35,8 +35,8 @@ class FaceSimMetric(PairMetric):
         for pair in pairs:
             fp = self.matcher.compare(pair.original, pair.anonymized)
             self.counts.append((fp.faces, fp.vanished, fp.reidentified))
-            self.per_pair["face_sim"].append(float(np.mean(fp.best_cosine)) if fp.best_cosine else None)
-            self.per_pair["face_spot_distance"].append(float(np.mean(fp.spot_distance)) if fp.spot_distance else None)
+            self.keep("face_sim", pair.row, float(np.mean(fp.best_cosine)) if fp.best_cosine else None)
+            self.keep("face_spot_distance", pair.row, float(np.mean(fp.spot_distance)) if fp.spot_distance else None)
             self.risk[pair.row] = max(fp.best_cosine, default=0.0)
 
     def finish(self, seed: int) -> dict[str, dict]:
@@ -76,7 +76,7 @@ class TextSimMetric(PairMetric):
         for pair in pairs:
             before, after = self.reader.read(pair.original), self.reader.read(pair.anonymized)
             similarity = text_similarity(before, after)
-            self.per_pair["text_sim"].append(similarity)
+            self.keep("text_sim", pair.row, similarity)
             self.counts.append(leaked_strings(before, after))
             self.risk[pair.row] = similarity or 0.0
 

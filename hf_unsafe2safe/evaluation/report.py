@@ -74,11 +74,15 @@ class EvalReport:
     worst: list = field(default_factory=list)  # row indices of the least private pairs
     thumbnails: dict = field(default_factory=dict)  # row -> PIL before|after sheet of the least private pairs
     utility: dict = field(default_factory=dict)  # UtilityResult.to_dict(): runs, curves, per-class accuracy, counts
+    # privacy category -> {"rows": n, "status": {status: n}, "figures": {figure: {"mean", "n"}}}
+    by_category: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = {"pairs": self.pairs, "metrics": self.metrics, "models": self.models, "worst_rows": self.worst}
         if self.utility:
             out["utility"] = self.utility
+        if self.by_category:
+            out["by_category"] = self.by_category
         return out
 
     def write(self, out_dir: str) -> dict:
@@ -115,6 +119,9 @@ class EvalReport:
         lines += ["", "## Definitions", ""]
         lines += [f"- **{n}**: {m['definition']}" + (f" — model: {m['model']}" if m.get("model") else "") for n, m in self.metrics.items()]
         lines += ["", "## Models", ""] + [f"- {k}: {v}" for k, v in self.models.items()]
+        if self.by_category:
+            lines += [""] + _category_lines(self.by_category, out_dir)
+            plots.append("categories.png")
         distributions = _distribution_lines(self.metrics, out_dir)
         if distributions:
             lines += [""] + distributions
@@ -127,7 +134,7 @@ class EvalReport:
         if self.utility:
             lines += [""] + _utility_lines(self.utility, _utility_plot(self.utility, self.metrics, out_dir))
         if plots:
-            lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots if p != "distributions.png"]
+            lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots if p not in ("distributions.png", "categories.png")]
         if self.worst:
             lines += ["", f"## Least private pairs (rows {self.worst}: highest face or text similarity first)", ""]
         for row, sheet in self.thumbnails.items():
@@ -195,6 +202,52 @@ def _html(lines: list[str]) -> str:
         "th{background:#f3f3f3}img{max-width:100%;margin:4px;vertical-align:top}"
     )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>Unsafe2Safe evaluation</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def by_category(categories: list, statuses: list, per_row: dict[str, dict[int, float]]) -> dict:
+    """Rows, their statuses and the mean of every per-pair figure over the rows of each privacy category (a row
+    counts in each of its categories)."""
+    out: dict = {}
+    for row, cats in enumerate(categories):
+        for cat in cats or []:
+            entry = out.setdefault(cat, {"rows": 0, "status": {}, "figures": {}})
+            entry["rows"] += 1
+            status = statuses[row] or "unknown"
+            entry["status"][status] = entry["status"].get(status, 0) + 1
+    for cat, entry in out.items():
+        rows = {r for r, cats in enumerate(categories) if cat in (cats or [])}
+        for figure, values in per_row.items():
+            vals = [v for r, v in values.items() if r in rows]
+            if vals:
+                entry["figures"][figure] = {"mean": float(np.mean(vals)), "n": len(vals)}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["rows"]))
+
+
+def _category_lines(table: dict, out_dir: str) -> list[str]:
+    """The per-category table and categories.png: rows per category, and per figure the mean per category."""
+    import matplotlib.pyplot as plt
+
+    figures = sorted({f for entry in table.values() for f in entry["figures"]})
+    statuses = sorted({s for entry in table.values() for s in entry["status"]})
+    lines = ["## Per privacy category (a row counts in each of its categories)", ""]
+    lines += ["| category | rows | " + " | ".join(statuses + figures) + " |", "|---" * (2 + len(statuses) + len(figures)) + "|"]
+    for cat, entry in table.items():
+        cells = [str(entry["status"].get(st, 0)) for st in statuses]
+        cells += [f"{entry['figures'][f]['mean']:.3f} (n={entry['figures'][f]['n']})" if f in entry["figures"] else "-" for f in figures]
+        lines.append(f"| {cat} | {entry['rows']} | " + " | ".join(cells) + " |")
+    cats = list(table)
+    panels = [("rows", [table[c]["rows"] for c in cats])] + [(f, [table[c]["figures"].get(f, {}).get("mean", np.nan) for c in cats]) for f in figures]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels):
+        bars = ax.bar(range(len(cats)), values, color="#1565c0" if title == "rows" else "#ef6c00")
+        ax.bar_label(bars, fmt="%d" if title == "rows" else "%.2f", fontsize=7)
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels(cats, rotation=45, ha="right", fontsize=7)
+        ax.set_title(title if title == "rows" else f"{title} (mean)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "categories.png"), dpi=100)
+    plt.close(fig)
+    return lines + ["", "![categories.png](categories.png)"]
 
 
 def _distribution_lines(metrics: dict, out_dir: str) -> list[str]:
@@ -333,6 +386,10 @@ def evaluate(
         report.models.update(metric.models)
         if metric.unavailable is None:
             report.per_pair.update({k: v for k, v in metric.per_pair.items() if v})
+    if C.PRIVACY_CATEGORIES in dst.column_names:
+        per_row = {f: v for m in active for f, v in m.per_row.items()}
+        statuses = [a["status"] if a else None for a in dst[C.ANONYMIZATION]] if C.ANONYMIZATION in dst.column_names else [None] * len(dst)
+        report.by_category = by_category(dst[C.PRIVACY_CATEGORIES], statuses, per_row)
     risk = {j: max((m.risk.get(j, 0.0) for m in active), default=0.0) for j in evaluated}
     ranked = sorted(((r, j) for j, r in risk.items()), reverse=True)[:8]
     report.worst = [j for _, j in ranked]
