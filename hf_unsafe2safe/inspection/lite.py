@@ -71,6 +71,11 @@ class FaceDetector:
         self.session = ort.InferenceSession(WEIGHTS, _session_options(num_threads), providers=["CPUExecutionProvider"])
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
+        return [(box, score) for box, score, _ in self.detect(rgb)]
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[tuple[int, int, int, int], float, np.ndarray]]:
+        """Every face with its box, score and RetinaFace's 5 landmarks (eyes, nose tip, mouth corners as seen in the
+        image, a (5, 2) float array of x, y in the image's pixels), for aligning a face recognition model's input."""
         import cv2
         from retinaface.postprocess import postprocess
         from retinaface.preprocess import preprocess
@@ -93,7 +98,8 @@ class FaceDetector:
             x1, y1 = (face.x + face.width) / scale, (face.y + face.height) / scale
             box = _clip_box(x0, y0, x1, y1, w, h)
             if box is not None:
-                found.append((box, float(face.score)))
+                landmarks = np.array([(p.x, p.y) for p in face.landmarks], dtype=np.float64) / scale
+                found.append((box, float(face.score), landmarks))
         return found
 
 
