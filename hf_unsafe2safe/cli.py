@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--utility-max-test-samples", type=int, default=None, help="test on a seeded subset of this many rows")
     u.add_argument("--utility-failed-rows", default=None, choices=("drop", "blank"), help="anonymized rows with status failed / invalid_input: drop them from the anonymized run, or keep them as grey images (default: drop; counted either way)")
     u.add_argument("--utility-mixed-precision", default=None, choices=("no", "fp16", "bf16"), help="mixed precision on a GPU (default: no)")
+    u.add_argument("--utility-cpu", action="store_true", help="train on the CPU even where a GPU exists; needed for multi-process CPU training under torchrun / accelerate launch")
 
     d = sub.add_parser(
         "demo",
@@ -289,6 +290,7 @@ def utility_config_from_args(args):
         "batch_size": args.utility_batch_size, "learning_rate": args.utility_lr, "image_size": args.utility_image_size,
         "max_train_samples": args.utility_max_train_samples, "max_test_samples": args.utility_max_test_samples,
         "failed_rows": args.utility_failed_rows, "mixed_precision": args.utility_mixed_precision,
+        "cpu": True if args.utility_cpu else None,
     }
     values = {"seed": args.seed, "label_column": args.label_column, "test_split": args.test_split, **{k: v for k, v in given.items() if v is not None}}
     if args.split:
@@ -329,6 +331,8 @@ def cmd_evaluate(args) -> int:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun / accelerate launch every process has the same figures: the first one writes them
     paths = report.write(args.report)
     for name, m in report.metrics.items():
         value = ("unavailable" if m.get("unavailable") else "n/a") if m["value"] is None else f"{m['value']:.4f}"

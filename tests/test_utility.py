@@ -215,3 +215,29 @@ def test_evaluate_report_and_command(train, test_split, tmp_path, capsys, noise_
         main(args + ["--test-split", "validation", "--report", str(tmp_path / "r2")])
     with pytest.raises(SystemExit, match="utility.epochs"):
         main(args + ["--utility-epochs", "0", "--report", str(tmp_path / "r3")])
+
+
+def test_two_processes_under_torchrun_train_together_and_write_one_report(train, test_split, tmp_path):
+    """The CLI under torchrun (2 CPU processes, gloo): Accelerate shards the training batches and gathers the
+    test predictions; both processes get the same figures and only rank 0 writes the report."""
+    import os
+    import subprocess
+    import sys
+
+    from datasets import DatasetDict
+
+    DatasetDict({"train": train, "test": test_split}).save_to_disk(str(tmp_path / "src"))
+    _dataset(12, seed=0, destroy="noise").save_to_disk(str(tmp_path / "safe"))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "hf_unsafe2safe.cli",
+        "evaluate", "--original", str(tmp_path / "src"), "--split", "train", "--anonymized", str(tmp_path / "safe"), "--key", "id",
+        "--metrics", "utility", "--utility-cpu", "--utility-epochs", "10", "--utility-batch-size", "8", "--report", str(tmp_path / "r"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("report:") == 1  # one writer
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    m = data["metrics"]
+    assert m["utility_accuracy_original"]["value"] > CHANCE + 0.2 and m["utility_accuracy_anonymized"]["value"] < CHANCE + 0.15
+    assert data["utility"]["test_samples"] == 30 and data["utility"]["processes"] == 2

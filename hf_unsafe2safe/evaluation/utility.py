@@ -149,6 +149,7 @@ class UtilityResult:
     model: str  # backbone id (and revision) as reported
     config: UtilityConfig
     counts: dict  # rows used, dropped or blanked, by reason
+    processes: int = 1  # training processes (Accelerate: torchrun / accelerate launch)
 
     @property
     def difference(self) -> float:
@@ -186,6 +187,7 @@ class UtilityResult:
             "runs": {"original": run(self.original), "anonymized": run(self.anonymized)},
             "per_class": self.per_class(),
             "counts": self.counts,
+            "processes": self.processes,
             "config": self.config.to_dict(),
         }
 
@@ -549,4 +551,4 @@ def evaluate_utility(original_train, anonymized_train, original_test, config: Ut
     original = trainer.run(orig_x, orig_y, test_x, test_y, len(classes))
     anonymized = trainer.run(anon_x, anon_y, test_x, test_y, len(classes))
     logger.info("utility: accuracy %.4f (original) vs %.4f (anonymized) on %d test rows", original.accuracy, anonymized.accuracy, len(test_y))
-    return UtilityResult(original=original, anonymized=anonymized, classes=classes, test_labels=test_y, model=trainer.backbone.name, config=cfg, counts=counts)
+    return UtilityResult(original=original, anonymized=anonymized, classes=classes, test_labels=test_y, model=trainer.backbone.name, config=cfg, counts=counts, processes=trainer.accelerator.num_processes)
