@@ -208,29 +208,42 @@ def config_from_args(args, image_column: str):
         raise SystemExit(f"error: {err}") from err
 
 
-def _load_models(anonymize, args) -> None:
+def _load_models(anonymize, args, rank: int | None = None) -> None:
     """In a single process, load every model before the first row, so a wrong id fails at once and clearly
-    (worker processes of --num-proc load their own copies)."""
-    if args.num_proc and args.num_proc > 1:
+    (worker processes of --num-proc load their own copies); under torchrun / accelerate launch, on this
+    process's GPU (``rank``)."""
+    if args.num_proc and args.num_proc > 1 and rank is None:
         return
     try:
-        anonymize.load()
+        anonymize.load(rank)
     except (OSError, ValueError, ImportError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SystemExit(f"error: could not load the models of preset {args.preset!r}: {first_line}") from err
 
 
-def _prepare_output(path: str, overwrite: bool) -> None:
+def _prepare_output(path: str, overwrite: bool, remove: bool = True) -> None:
+    """Refuse a non-empty output folder unless ``overwrite``; then remove it now (``remove``) or leave that to the
+    process that writes the result (multi-process runs: rank 0, at the end)."""
     if os.path.exists(path) and os.listdir(path):
         if not overwrite:
             raise SystemExit(f"error: {path!r} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(path)
+        if remove:
+            shutil.rmtree(path)
 
 
 def cmd_anonymize(args) -> int:
-    from .pipeline import anonymize_dataset, find_image_column, format_summary, load_source, summarize, write_run_record
+    from .pipeline import (
+        anonymize_across_processes,
+        anonymize_dataset,
+        find_image_column,
+        format_summary,
+        launched_processes,
+        load_source,
+        summarize,
+        write_run_record,
+    )
 
-    _prepare_output(args.output, args.overwrite)
+    _prepare_output(args.output, args.overwrite, remove=launched_processes() is None)
     try:
         source = load_source(args.source, args.split)
     except (ValueError, FileNotFoundError) as err:
@@ -241,9 +254,19 @@ def cmd_anonymize(args) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
     anonymize = config_from_args(args, column)
-    _load_models(anonymize, args)
-    safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
-    safe.save_to_disk(args.output)
+    launched = launched_processes()
+    if launched is None:
+        _load_models(anonymize, args)
+        safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
+        safe.save_to_disk(args.output)
+    else:
+        # torchrun / accelerate launch: one shard per process, joined in order by rank 0
+        if args.num_proc and args.num_proc > 1:
+            raise SystemExit("error: --num-proc does not combine with torchrun / accelerate launch (each process is one worker)")
+        _load_models(anonymize, args, rank=launched[2])
+        safe = anonymize_across_processes(source, anonymize, args.output, batch_size=args.batch_size)
+        if safe is None:
+            return 0  # rank 0 writes the record, the preview and the summary
     summary = summarize(safe)
     write_run_record(args.output, anonymize, args.source, summary)
     if args.preview:

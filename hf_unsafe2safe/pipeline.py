@@ -56,28 +56,83 @@ def find_image_column(dataset, requested: str | None) -> str:
     return images[0]
 
 
-def anonymize_dataset(dataset, anonymize: Unsafe2Safe, batch_size: int = 16, num_proc: int | None = None, desc: str = "Unsafe2Safe"):
-    """``prepare`` + ``map`` with the right features; works on a ``Dataset`` or a ``DatasetDict``."""
+def anonymize_dataset(
+    dataset, anonymize: Unsafe2Safe, batch_size: int = 16, num_proc: int | None = None, desc: str = "Unsafe2Safe",
+    shard: tuple[int, int] | None = None, device_rank: int | None = None,
+):
+    """``prepare`` + ``map`` with the right features; works on a ``Dataset`` or a ``DatasetDict``.
+
+    ``shard=(index, count)`` maps only that contiguous shard (one process of a multi-process launch; see
+    ``anonymize_across_processes``) and ``device_rank`` puts its models on ``cuda:<device_rank>``; otherwise
+    ``num_proc`` worker processes each take the GPU of their map rank."""
     import datasets
 
     if isinstance(dataset, datasets.DatasetDict):
         return datasets.DatasetDict(
-            {name: anonymize_dataset(part, anonymize, batch_size, num_proc, f"{desc} [{name}]") for name, part in dataset.items()}
+            {name: anonymize_dataset(part, anonymize, batch_size, num_proc, f"{desc} [{name}]", shard, device_rank) for name, part in dataset.items()}
         )
     prepared = anonymize.prepare(dataset)
     features = anonymize.output_features(dataset.features)
+    if shard is not None:
+        prepared = prepared.shard(num_shards=shard[1], index=shard[0], contiguous=True)
     if len(prepared) == 0:
         # datasets.map skips the function on an empty dataset and keeps the input schema
         return datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=dataset.split)
+    placed = {"fn_kwargs": {"rank": device_rank}} if device_rank is not None else {"with_rank": True}
     return prepared.map(
         anonymize,
         batched=True,
         batch_size=batch_size,
-        with_rank=True,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(prepared) > 1 else None,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(prepared) > 1 and device_rank is None else None,
         features=features,
         desc=desc,
+        **placed,
     )
+
+
+def launched_processes() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when this process is one of several started by ``torchrun`` or
+    ``accelerate launch`` (they set RANK / WORLD_SIZE / LOCAL_RANK), else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+
+
+def anonymize_across_processes(dataset, anonymize: Unsafe2Safe, output: str, batch_size: int = 16):
+    """One process of ``torchrun`` / ``accelerate launch``: anonymize this rank's contiguous shard with the models
+    on this rank's GPU (the CPU without one), save it under ``<output>.shards/``, wait for every rank, and on
+    rank 0 join the shards in order (the same rows, in the same order, as one process would give), save the
+    result to ``output`` with ``save_to_disk`` and return it; the other ranks return None."""
+    import shutil
+
+    import datasets
+    import torch
+    from accelerate import PartialState
+
+    rank, world, local = launched_processes() or (0, 1, 0)
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes, nccl between GPUs
+    shards = output.rstrip("/\\") + ".shards"
+    mine = os.path.join(shards, f"rank-{rank:05d}")
+    if os.path.exists(mine):
+        shutil.rmtree(mine)
+    part = anonymize_dataset(dataset, anonymize, batch_size, shard=(rank, world), device_rank=local, desc=f"Unsafe2Safe [rank {rank}/{world}]")
+    part.save_to_disk(mine)
+    state.wait_for_everyone()
+    if rank != 0:
+        state.wait_for_everyone()  # until rank 0 has joined the shards
+        return None
+    parts = [datasets.load_from_disk(os.path.join(shards, f"rank-{r:05d}")) for r in range(world)]
+    if isinstance(parts[0], datasets.DatasetDict):
+        joined = datasets.DatasetDict({name: datasets.concatenate_datasets([p[name] for p in parts]) for name in parts[0]})
+    else:
+        joined = datasets.concatenate_datasets(parts)
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    joined.save_to_disk(output)
+    state.wait_for_everyone()
+    shutil.rmtree(shards)
+    return datasets.load_from_disk(output)
 
 
 def summarize(dataset) -> dict:

@@ -98,3 +98,26 @@ def test_entry_point_help_explains_every_option():
     out = subprocess.run([sys.executable, "-m", "hf_unsafe2safe.cli", "anonymize", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--output", "--split", "--image-column", "--preset", "--batch-size", "--num-proc", "--seed", "--detectors", "--set", "--preview", "--overwrite", "--keep-original"):
         assert option in out
+
+
+def test_torchrun_processes_each_take_a_shard_and_rank_0_joins_them(image_folder, tmp_path):
+    """`torchrun -m hf_unsafe2safe.cli anonymize`: 2 CPU processes, one contiguous shard each, joined in order by
+    rank 0 into the same dataset a single process writes (rows, order, bytes), one record, no shards left."""
+    import os
+
+    import datasets
+
+    pytest.importorskip("accelerate")
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["anonymize", str(image_folder), "--split", "train", "--batch-size", "1"]
+    assert main(args + ["--output", str(one)]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519", "-m", "hf_unsafe2safe.cli", *args, "--output", str(two)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("saved:") == 1  # rank 0 reports
+    single = datasets.load_from_disk(str(one)).cast_column("image", datasets.Image(decode=False))
+    joined = datasets.load_from_disk(str(two)).cast_column("image", datasets.Image(decode=False))
+    assert joined.column_names == single.column_names and len(joined) == len(single) == 3
+    assert list(joined) == list(single)
+    assert (two / "unsafe2safe_run.json").exists() and not (tmp_path / "two.shards").exists()
