@@ -115,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="privacy,cheating",
         help=(
             "comma-separated groups or metrics (default: privacy,cheating). Groups: privacy = faces,text,age_gender,race,vlm_score; "
-            "cheating = pixels,lpips; demographics = age_gender,race; quality = clip (needs a CLIP model); utility (trains two "
+            "cheating = pixels,lpips; demographics = age_gender,race; quality = clip,fid (need a CLIP / vision model); utility (trains two "
             "classifiers). A metric whose model is not available reports `unavailable` with the reason"
         ),
     )
     e.add_argument("--clip-model", default=None, help="CLIP model for the quality group, Hub id or local path (default: openai/clip-vit-large-patch14)")
+    e.add_argument("--fid-model", default=None, help="vision model whose features FID / KID compare, Hub id or local path (any transformers vision model, e.g. facebook/dinov2-base; default: the CLIP model)")
     e.add_argument("--report", required=True, metavar="REPORT", help="output folder of the report")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     e.add_argument("--flag-truth", default=None, metavar="COLUMN", help="boolean ground-truth column of the anonymized dataset (e.g. vispr_private): adds precision / recall / F1 of privacy_flag")
@@ -348,7 +349,7 @@ def cmd_evaluate(args) -> int:
             test = load_source(args.test or args.original, args.test_split)
         report = evaluate(
             single(args.original), single(args.anonymized), metrics=metrics, key=args.key, image_column=args.image_column, seed=args.seed,
-            clip_model=args.clip_model, test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
+            clip_model=args.clip_model, fid_model=args.fid_model, test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
         )
         if args.flag_truth:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))

@@ -170,7 +170,7 @@ def test_clip_quality_on_a_tiny_model_and_unavailable_without_weights(originals,
     report = evaluate(originals, safe, metrics=["quality"], clip_model=path)
     m = report.metrics
     assert m["clip_score"]["n"] == 3 and 0.0 <= m["clip_score"]["value"] <= 100.0
-    assert -1.0 <= m["directional_clip"]["value"] <= 1.0 and m["fid"]["value"] is not None and m["fid"]["ci95"] is not None
+    assert -1.0 <= m["directional_clip"]["value"] <= 1.0 and m["fid"]["value"] is not None and m["fid"]["ci95"] is not None  # FID on CLIP features by default
     # the score is the formula on the model's own embeddings
     clip = ClipFeatures(path)
     images = [im.convert("RGB") for im in safe["image"]]
@@ -179,6 +179,32 @@ def test_clip_quality_on_a_tiny_model_and_unavailable_without_weights(originals,
     # offline, the default ViT-L/14 cannot load: unavailable with the reason, no number
     offline = evaluate(originals, safe, metrics=["quality"])
     assert offline.metrics["clip_score"]["value"] is None and "could not be loaded" in offline.metrics["clip_score"]["unavailable"]
+    assert offline.metrics["fid"]["value"] is None and "--fid-model" in offline.metrics["fid"]["unavailable"]
+
+
+def test_fid_over_another_vision_model_is_the_formula_on_its_features(originals, tmp_path):
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    from hf_unsafe2safe import anonymize_dataset
+    from hf_unsafe2safe.evaluation.quality import VisionFeatures, frechet_distance, kernel_inception_distance
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "vit")
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32, patch_size=8)).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    safe = anonymize_dataset(originals, Unsafe2Safe.from_preset("lite"))
+    report = evaluate(originals, safe, metrics=["fid"], fid_model=path)
+    m = report.metrics
+    features = VisionFeatures(path)
+    before = features([im.convert("RGB") for im in originals["image"]])
+    after = features([im.convert("RGB") for im in safe["image"]])
+    assert before.shape == (3, 32)
+    assert m["fid"]["value"] == pytest.approx(frechet_distance(before, after), rel=1e-6)
+    assert m["kid"]["value"] == pytest.approx(kernel_inception_distance(before, after), rel=1e-6)
+    assert path in m["fid"]["model"] and path in m["fid"]["definition"] and m["fid"]["n"] == 3
+    same = evaluate(originals, originals, metrics=["fid"], fid_model=path).metrics["fid"]["value"]
+    assert abs(same) < 1e-6 < m["fid"]["value"]  # identical sets: 0; anonymized: further apart
 
 
 def test_flag_quality_against_ground_truth(originals):

@@ -1,7 +1,8 @@
 """Quality metrics: CLIP score, directional CLIP, and FID / KID over a configurable feature extractor.
 
-They need a CLIP model (``transformers`` ``CLIPModel``, by Hub id or local path). None ships in a package, so
-offline they are reported ``unavailable`` with the reason, never as a made-up number.
+They need a CLIP model (``transformers`` ``CLIPModel``, by Hub id or local path) or, for FID / KID, any
+``transformers`` vision model. None ships in a package, so offline they are reported ``unavailable`` with the
+reason, never as a made-up number.
 """
 
 from __future__ import annotations
@@ -106,8 +107,6 @@ class ClipMetric(PairMetric):
     figures = {
         "clip_score": "mean 100 * max(cos, 0) between the CLIP embeddings of the anonymized image and its public caption (higher is better)",
         "directional_clip": "mean cosine between the CLIP image change (original -> anonymized) and the caption change (private -> public caption)",
-        "fid": "Frechet distance between the CLIP image features of the original and the anonymized sets (lower: closer distributions; the interval resamples pairs, 100 rounds)",
-        "kid": "kernel (polynomial) distance between the same feature sets, unbiased MMD^2 (lower is closer; the interval resamples pairs, 100 rounds)",
     }
 
     def __init__(self, clip_model: str | None, private_captions: list | None, public_captions: list | None, revision: str | None = None):
@@ -122,7 +121,7 @@ class ClipMetric(PairMetric):
             self.unavailable = f"CLIP model {self.model_id!r} could not be loaded ({first_line(exc)})"
             self.models = {"clip": f"{self.model_id} (unavailable)"}
         self.buffer: list = []
-        self.before, self.after, self.score, self.direction = [], [], [], []
+        self.score, self.direction = [], []
 
     def add(self, pairs: list[Pair]) -> None:
         self.buffer += pairs
@@ -134,15 +133,13 @@ class ClipMetric(PairMetric):
 
         if not self.buffer:
             return
-        before = self.clip.images([Image.fromarray(p.original) for p in self.buffer])
         after = self.clip.images([Image.fromarray(p.anonymized) for p in self.buffer])
-        self.before.append(before)
-        self.after.append(after)
         if self.public is not None:
             rows = [p.row for p in self.buffer]
             pub = self.clip.texts([self.public[j] or "" for j in rows])
             self.score += list(clip_score(after, pub))
             if self.private is not None:
+                before = self.clip.images([Image.fromarray(p.original) for p in self.buffer])
                 priv = self.clip.texts([self.private[j] or "" for j in rows])
                 self.direction += list(directional_clip(before, after, priv, pub))
         self.buffer = []
@@ -150,9 +147,75 @@ class ClipMetric(PairMetric):
     def finish(self, seed: int) -> dict[str, dict]:
         self._flush()
         f, m = self.figures, self.model
-        out = {"clip_score": mean_figure(self.score, f["clip_score"], seed, m), "directional_clip": mean_figure(self.direction, f["directional_clip"], seed, m)}
+        return {"clip_score": mean_figure(self.score, f["clip_score"], seed, m), "directional_clip": mean_figure(self.direction, f["directional_clip"], seed, m)}
+
+
+class VisionFeatures:
+    """Image features of any ``transformers`` vision model (``AutoModel`` + ``AutoImageProcessor``): the pooled
+    output where the model has one, else the first (CLS) token; a CLIP checkpoint gives its projected image
+    embedding. Batched, loaded once."""
+
+    def __init__(self, model_id: str, revision: str | None = None, device: str = "cpu", batch_size: int = 32):
+        import torch
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+        self.processor = AutoImageProcessor.from_pretrained(model_id, revision=revision)
+        if AutoConfig.from_pretrained(model_id, revision=revision).model_type == "clip":
+            self.clip = ClipFeatures(model_id, revision, device, batch_size)
+        else:
+            self.clip = None
+            self.model = AutoModel.from_pretrained(model_id, revision=revision).to(device).eval()
+        self.device, self.batch_size, self._torch = device, batch_size, torch
+
+    def __call__(self, images: list) -> np.ndarray:
+        if self.clip is not None:
+            return self.clip.images(images).astype(np.float64)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            inputs = self.processor(images=[im.convert("RGB") for im in images[start : start + self.batch_size]], return_tensors="pt").to(self.device)
+            with self._torch.inference_mode():
+                result = self.model(**inputs)
+            pooled = getattr(result, "pooler_output", None)
+            feats = pooled if pooled is not None else result.last_hidden_state[:, 0]
+            out.append(feats.float().cpu().numpy().astype(np.float64))
+        return np.concatenate(out)
+
+
+class FrechetMetric(PairMetric):
+    """FID and KID between the original and the anonymized image sets, over the features of ``feature_model``
+    (default: the CLIP model of the quality group; any transformers vision model, e.g. DINOv2)."""
+
+    name = "fid"
+    figures = {
+        "fid": "Frechet distance between the image features ({features}) of the original and the anonymized sets (lower: closer distributions; the interval resamples pairs, 100 rounds)",
+        "kid": "kernel (cubic polynomial) distance between the same feature sets, unbiased MMD^2 (lower is closer; the interval resamples pairs, 100 rounds)",
+    }
+
+    def __init__(self, feature_model: str | None = None, revision: str | None = None):
+        super().__init__()
+        self.model_id = feature_model or DEFAULT_CLIP
+        self.model = hub_model(self.model_id, revision)
+        self.figures = {k: v.format(features=self.model_id) for k, v in FrechetMetric.figures.items()}
+        try:
+            self.features = VisionFeatures(self.model_id, revision)
+            self.models = {"fid features": self.model}
+        except (OSError, ValueError, ImportError) as exc:  # no weights offline, not a vision model, missing extra
+            self.unavailable = f"feature model {self.model_id!r} could not be loaded ({first_line(exc)}); pass --fid-model ID_OR_PATH"
+            self.models = {"fid features": f"{self.model_id} (unavailable)"}
+        self.before: list = []
+        self.after: list = []
+
+    def add(self, pairs: list[Pair]) -> None:
+        from PIL import Image
+
+        self.before.append(self.features([Image.fromarray(p.original) for p in pairs]))
+        self.after.append(self.features([Image.fromarray(p.anonymized) for p in pairs]))
+
+    def finish(self, seed: int) -> dict[str, dict]:
         before = np.concatenate(self.before) if self.before else np.zeros((0, 1))
         after = np.concatenate(self.after) if self.after else np.zeros((0, 1))
-        out["fid"] = set_distance_figure(frechet_distance, before, after, f["fid"], seed, m)
-        out["kid"] = set_distance_figure(kernel_inception_distance, before, after, f["kid"], seed, m)
-        return out
+        f, m = self.figures, self.model
+        return {
+            "fid": set_distance_figure(frechet_distance, before, after, f["fid"], seed, m),
+            "kid": set_distance_figure(kernel_inception_distance, before, after, f["kid"], seed, m),
+        }

@@ -31,14 +31,15 @@ METRICS = {
     "vlm_score": "VLMScore: the paper's 0-100 unlinkability rubric, judged by a VLM (needs --vlm-model)",
     "pixels": "SSIM, unchanged / near-duplicate flagged images, copied regions",
     "lpips": "LPIPS over flagged pairs (needs --lpips-backbone and --lpips-calibration)",
-    "clip": "CLIP score, directional CLIP, FID / KID on CLIP features (needs a CLIP model)",
+    "clip": "CLIP score and directional CLIP (needs a CLIP model)",
+    "fid": "FID / KID between the original and anonymized sets over a vision model's features (default: the CLIP model)",
     "utility": "accuracy of the same classifier trained on original vs anonymized data",
 }
 GROUPS = {
     "privacy": ("faces", "text", "age_gender", "race", "vlm_score"),
     "demographics": ("age_gender", "race"),
     "cheating": ("pixels", "lpips"),
-    "quality": ("clip",),
+    "quality": ("clip", "fid"),
 }
 METRIC_GROUPS = ("privacy", "cheating", "quality", "utility")
 DEFAULT_METRICS = ("privacy", "cheating")
@@ -339,6 +340,7 @@ def _rgb(cell):
 def evaluate(
     original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0,
     clip_model: str | None = None, test=None, utility=None, lpips=None, judge=None, demographics=None, faces=None,
+    fid_model: str | None = None,
 ) -> EvalReport:
     """Compare an anonymized dataset with its original. ``metrics``: group names (privacy, cheating, quality,
     utility, demographics), metric names (see ``METRICS``) or ``PairMetric`` instances. The models are config:
@@ -346,6 +348,7 @@ def evaluate(
     - ``faces``: ``FaceSimConfig``, the face embedder of FaceSim (default dlib; or an ArcFace-style ONNX file with
       its same-person cosine);
     - ``clip_model`` (quality): CLIP by Hub id or local path, default the paper's ViT-L/14;
+    - ``fid_model`` (quality, FID / KID): any transformers vision model (e.g. DINOv2), default ``clip_model``;
     - ``lpips``: ``LPIPSConfig`` with the backbone and calibration weight files;
     - ``judge``: ``VLMJudgeConfig``, the VLM of VLMScore and of the race question (Hub id or local folder);
     - ``demographics``: ``DemographicsConfig`` (face threshold, matching, age buckets);
@@ -368,7 +371,7 @@ def evaluate(
         return report
     src = original.cast_column(image_column, Image(decode=False))
     dst = anonymized.cast_column(image_column, Image(decode=False))
-    plugins = _build(names, dst, clip_model, lpips, judge, demographics, faces)
+    plugins = _build(names, dst, clip_model, lpips, judge, demographics, faces, fid_model)
     active = [m for m in plugins if m.unavailable is None]
     flagged = dst[C.PRIVACY_FLAG] if C.PRIVACY_FLAG in dst.column_names else [True] * len(dst)
     regions = dst[C.PRIVACY_REGIONS] if C.PRIVACY_REGIONS in dst.column_names else [[] for _ in range(len(dst))]
@@ -401,13 +404,13 @@ def evaluate(
     return report
 
 
-def _build(names: list, dst, clip_model, lpips, judge, demographics, faces=None) -> list[PairMetric]:
+def _build(names: list, dst, clip_model, lpips, judge, demographics, faces=None, fid_model=None) -> list[PairMetric]:
     """One PairMetric per name (models loaded once, here); the judge VLM is shared by race and vlm_score."""
     from .cheating import LPIPSMetric, PixelCheating
     from .demographics import AgeGenderMetric, RaceMetric
     from .judge import Judge, VLMScoreMetric
     from .privacy import FaceSimMetric, TextSimMetric
-    from .quality import ClipMetric
+    from .quality import ClipMetric, FrechetMetric
 
     shared = Judge(judge) if {"race", "vlm_score"} & set(names) else None
     column = lambda c: dst[c] if c in dst.column_names else None  # noqa: E731
@@ -420,6 +423,7 @@ def _build(names: list, dst, clip_model, lpips, judge, demographics, faces=None)
         "pixels": PixelCheating,
         "lpips": lambda: LPIPSMetric(lpips),
         "clip": lambda: ClipMetric(clip_model, column(C.PRIVATE_CAPTION), column(C.PUBLIC_CAPTION)),
+        "fid": lambda: FrechetMetric(fid_model or clip_model),
     }
     return [n if isinstance(n, PairMetric) else factories[n]() for n in names]
 
