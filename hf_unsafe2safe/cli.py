@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--split", "-s", default=None, help="split to anonymize (default: every split)")
     a.add_argument("--image-column", "-c", default=None, help="image column (default: the dataset's only Image column)")
     a.add_argument("--preview", default=None, metavar="PREVIEW_DIR", help="also write a before/after preview (preview.html, preview.png) here; it shows the private originals, keep it local")
-    a.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    a.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (it is replaced once the new result is complete)")
+    a.add_argument(
+        "--chunk-rows", type=int, default=2000,
+        help="rows per saved chunk (default: 2000): finished chunks are kept in DIR.parts/ and a rerun with the same settings resumes after a crash",
+    )
     _add_run_options(a)
 
     e = sub.add_parser(
@@ -222,20 +226,16 @@ def _load_models(anonymize, args, rank: int | None = None) -> None:
         raise SystemExit(f"error: could not load the models of preset {args.preset!r}: {first_line}") from err
 
 
-def _prepare_output(path: str, overwrite: bool, remove: bool = True) -> None:
-    """Refuse a non-empty output folder unless ``overwrite``; then remove it now (``remove``) or leave that to the
-    process that writes the result (multi-process runs: rank 0, at the end)."""
-    if os.path.exists(path) and os.listdir(path):
-        if not overwrite:
-            raise SystemExit(f"error: {path!r} exists and is not empty; pass --overwrite to replace it")
-        if remove:
-            shutil.rmtree(path)
+def _prepare_output(path: str, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless ``overwrite`` (the folder is replaced once the new result is
+    complete, so a crash never leaves it half-written)."""
+    if os.path.exists(path) and os.listdir(path) and not overwrite:
+        raise SystemExit(f"error: {path!r} exists and is not empty; pass --overwrite to replace it")
 
 
 def cmd_anonymize(args) -> int:
     from .pipeline import (
-        anonymize_across_processes,
-        anonymize_dataset,
+        anonymize_to_disk,
         find_image_column,
         format_summary,
         launched_processes,
@@ -244,7 +244,9 @@ def cmd_anonymize(args) -> int:
         write_run_record,
     )
 
-    _prepare_output(args.output, args.overwrite, remove=launched_processes() is None)
+    _prepare_output(args.output, args.overwrite)
+    if args.chunk_rows < 1:
+        raise SystemExit(f"error: Got {args.chunk_rows} for `--chunk-rows`; expected an int >= 1")
     try:
         source = load_source(args.source, args.split)
     except (ValueError, FileNotFoundError) as err:
@@ -256,18 +258,13 @@ def cmd_anonymize(args) -> int:
         raise SystemExit(f"error: {err}") from err
     anonymize = config_from_args(args, column)
     launched = launched_processes()
-    if launched is None:
-        _load_models(anonymize, args)
-        safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
-        safe.save_to_disk(args.output)
-    else:
-        # torchrun / accelerate launch: one shard per process, joined in order by rank 0
-        if args.num_proc and args.num_proc > 1:
-            raise SystemExit("error: --num-proc does not combine with torchrun / accelerate launch (each process is one worker)")
-        _load_models(anonymize, args, rank=launched[2])
-        safe = anonymize_across_processes(source, anonymize, args.output, batch_size=args.batch_size)
-        if safe is None:
-            return 0  # rank 0 writes the record, the preview and the summary
+    if launched is not None and args.num_proc and args.num_proc > 1:
+        raise SystemExit("error: --num-proc does not combine with torchrun / accelerate launch (each process is one worker)")
+    _load_models(anonymize, args, rank=launched[2] if launched else None)
+    # chunks saved as they finish (a rerun resumes); under torchrun / accelerate launch shared by the processes
+    safe = anonymize_to_disk(source, anonymize, args.output, batch_size=args.batch_size, num_proc=args.num_proc, chunk_rows=args.chunk_rows)
+    if safe is None:
+        return 0  # another rank: rank 0 writes the record, the preview and the summary
     summary = summarize(safe)
     write_run_record(args.output, anonymize, args.source, summary)
     if args.preview:

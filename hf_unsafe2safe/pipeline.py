@@ -62,8 +62,8 @@ def anonymize_dataset(
 ):
     """``prepare`` + ``map`` with the right features; works on a ``Dataset`` or a ``DatasetDict``.
 
-    ``shard=(index, count)`` maps only that contiguous shard (one process of a multi-process launch; see
-    ``anonymize_across_processes``) and ``device_rank`` puts its models on ``cuda:<device_rank>``; otherwise
+    ``shard=(index, count)`` maps only that contiguous shard and ``device_rank`` puts the models on
+    ``cuda:<device_rank>`` (one process of a multi-process launch; see ``anonymize_to_disk``); otherwise
     ``num_proc`` worker processes each take the GPU of their map rank."""
     import datasets
 
@@ -99,40 +99,103 @@ def launched_processes() -> tuple[int, int, int] | None:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
 
 
-def anonymize_across_processes(dataset, anonymize: Unsafe2Safe, output: str, batch_size: int = 16):
-    """One process of ``torchrun`` / ``accelerate launch``: anonymize this rank's contiguous shard with the models
-    on this rank's GPU (the CPU without one), save it under ``<output>.shards/``, wait for every rank, and on
-    rank 0 join the shards in order (the same rows, in the same order, as one process would give), save the
-    result to ``output`` with ``save_to_disk`` and return it; the other ranks return None."""
+def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: int = 16, num_proc: int | None = None, chunk_rows: int = 2000):
+    """Anonymize ``dataset`` (a ``Dataset`` or ``DatasetDict``) into ``output`` (``save_to_disk``), resumably and
+    across processes.
+
+    Every split is cut into contiguous chunks of ``chunk_rows`` rows; each finished chunk is saved under
+    ``<output>.parts/`` (written to a temporary folder, then renamed, so a chunk there is always whole). A rerun
+    with the same settings skips the chunks already there: a crash costs at most the chunks in flight. Parts of a
+    run with other settings (another transform fingerprint) are removed first, never mixed in. Under ``torchrun``
+    / ``accelerate launch`` process ``r`` of ``W`` takes chunks ``r, r + W, ...`` with its models on its own GPU;
+    then rank 0 joins the chunks in order (the same rows, in the same order, as one process gives), saves the
+    result, removes the parts and returns it; the other ranks return None."""
+    import hashlib
+    import json
+    import math
     import shutil
 
     import datasets
-    import torch
-    from accelerate import PartialState
 
-    rank, world, local = launched_processes() or (0, 1, 0)
-    state = PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes, nccl between GPUs
-    shards = output.rstrip("/\\") + ".shards"
-    mine = os.path.join(shards, f"rank-{rank:05d}")
-    if os.path.exists(mine):
-        shutil.rmtree(mine)
-    part = anonymize_dataset(dataset, anonymize, batch_size, shard=(rank, world), device_rank=local, desc=f"Unsafe2Safe [rank {rank}/{world}]")
-    part.save_to_disk(mine)
-    state.wait_for_everyone()
+    launched = launched_processes()
+    rank, world, local = launched or (0, 1, None)
+    state = None
+    if launched is not None:
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes, nccl between GPUs
+        num_proc = None  # each launched process is one worker
+    parts = output.rstrip("/\\") + ".parts"
+    key = hashlib.sha256(json.dumps(anonymize.fingerprint_state(), sort_keys=True, default=str).encode()).hexdigest()
+    stamp = os.path.join(parts, "run.json")
+    if rank == 0:
+        if os.path.exists(parts):
+            try:
+                with open(stamp) as f:
+                    previous = json.load(f).get("fingerprint")
+            except (OSError, ValueError):
+                previous = None
+            if previous != key:
+                logger.warning("removing %s: its parts come from a run with other settings", parts)
+                shutil.rmtree(parts)
+        os.makedirs(parts, exist_ok=True)
+        with open(stamp, "w") as f:
+            json.dump({"fingerprint": key, "chunk_rows": chunk_rows}, f)
+    if state is not None:
+        state.wait_for_everyone()
+
+    splits = dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]
+    plan = []  # (split, chunk folders in order)
+    for name, part in splits:
+        folder = os.path.join(parts, name or "_")
+        count = math.ceil(len(part) / chunk_rows)
+        chunks = [os.path.join(folder, f"chunk-{c:06d}") for c in range(count)]
+        plan.append((name, part, chunks))
+        todo = [c for c in range(rank, count, world) if not os.path.exists(chunks[c])]
+        done = len(range(rank, count, world)) - len(todo)
+        if done:
+            logger.info("%s: %d of %d chunks already done, resuming", name or "dataset", done, len(range(rank, count, world)))
+        for c in todo:
+            rows = range(c * chunk_rows, min(len(part), (c + 1) * chunk_rows))
+            desc = f"Unsafe2Safe{f' [{name}]' if name else ''} chunk {c + 1}/{count}" + (f" (rank {rank})" if launched else "")
+            result = anonymize_dataset(part.select(rows), anonymize, batch_size, num_proc, desc, device_rank=local)
+            tmp = f"{chunks[c]}.tmp-{rank}"
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+            save_dataset(result, tmp)
+            os.replace(tmp, chunks[c])
+    if state is not None:
+        state.wait_for_everyone()
     if rank != 0:
-        state.wait_for_everyone()  # until rank 0 has joined the shards
+        state.wait_for_everyone()  # until rank 0 has joined the chunks
         return None
-    parts = [datasets.load_from_disk(os.path.join(shards, f"rank-{r:05d}")) for r in range(world)]
-    if isinstance(parts[0], datasets.DatasetDict):
-        joined = datasets.DatasetDict({name: datasets.concatenate_datasets([p[name] for p in parts]) for name in parts[0]})
-    else:
-        joined = datasets.concatenate_datasets(parts)
+    joined = {}
+    for name, part, chunks in plan:
+        if chunks:
+            joined[name] = datasets.concatenate_datasets([datasets.load_from_disk(c) for c in chunks])
+        else:  # an empty split: the output schema, no rows
+            joined[name] = anonymize_dataset(part, anonymize, batch_size)
+    result = datasets.DatasetDict(joined) if isinstance(dataset, datasets.DatasetDict) else joined[None]
     if os.path.exists(output):
         shutil.rmtree(output)
-    joined.save_to_disk(output)
-    state.wait_for_everyone()
-    shutil.rmtree(shards)
+    save_dataset(result, output)
+    if state is not None:
+        state.wait_for_everyone()
+    shutil.rmtree(parts)
     return datasets.load_from_disk(output)
+
+
+def save_dataset(dataset, path: str) -> None:
+    """``save_to_disk``, with an empty split written as one (empty) shard: datasets 5.2 otherwise writes no data
+    file for it and ``load_from_disk`` fails on the result."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        empty = {name: 1 for name, part in dataset.items() if len(part) == 0}
+        dataset.save_to_disk(path, num_shards=empty or None)
+    else:
+        dataset.save_to_disk(path, num_shards=1 if len(dataset) == 0 else None)
 
 
 def summarize(dataset) -> dict:
