@@ -26,6 +26,12 @@ QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
+# Qwen2 / Qwen2.5-VL / Qwen3's special tokens at their real ids (image and end-of-turn ids in the configs)
+QWEN_SPECIALS = {
+    "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
+}
+
 # Qwen chat format (<|im_start|>role ... <|im_end|>), the structure of Qwen2.5 / Qwen3 / Qwen3-VL's templates
 # without their tool-calling branches; `image_markup` is what the model's own template writes for an image.
 QWEN_CHAT_TEMPLATE = (
@@ -93,6 +99,20 @@ def word_tokenizer(specials: dict[str, int], eos: str, pad: str, corpus: list[st
     if template is not None:
         fast.chat_template = template
     return fast
+
+
+def image_only(processor_cls):
+    """``processor_cls`` without its video processor: requests here hold images only, and video processors
+    cannot be built without torchvision (absent on the CPU machines). Everything else is the real processor."""
+
+    class ImageOnlyProcessor(processor_cls):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ImageOnlyProcessor.__name__ = f"ImageOnly{processor_cls.__name__}"
+    return ImageOnlyProcessor
 
 
 def byte_level_clip_tokenizer(model_max_length: int = 77):

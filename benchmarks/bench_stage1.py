@@ -23,13 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_common as bc  # noqa: E402
 
-QWEN_SPECIALS = {
-    "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
-    "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
-}
 # InternVL3.5's added tokens after Qwen3's: <img> </img> <IMG_CONTEXT> (151669-151671); <video> is only used for
 # videos, any free id does
-INTERNVL_SPECIALS = {**QWEN_SPECIALS, "<img>": 151669, "</img>": 151670, "<IMG_CONTEXT>": 151671, "<video>": 151680}
+INTERNVL_SPECIALS = {**bc.QWEN_SPECIALS, "<img>": 151669, "</img>": 151670, "<IMG_CONTEXT>": 151671, "<video>": 151680}
 QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # preset -> (config file, family) of its default VLM and instruction LLM (config.py's presets)
@@ -132,14 +128,14 @@ def build_processor(family: str, cfg: dict, tiny: bool):
     facts = bc.load_config("processors")
     if family == "qwen3_vl":
         pf = facts["qwen3-vl"]
-        tok = bc.word_tokenizer(QWEN_SPECIALS, "<|im_end|>", "<|endoftext|>", corpus)
+        tok = bc.word_tokenizer(bc.QWEN_SPECIALS, "<|im_end|>", "<|endoftext|>", corpus)
         image_processor = transformers.Qwen2VLImageProcessor(
             patch_size=pf["patch_size"], temporal_patch_size=pf["temporal_patch_size"], merge_size=pf["merge_size"],
             size={"shortest_edge": pf["min_pixels"], "longest_edge": pf["max_pixels"]},
             image_mean=pf["image_mean"], image_std=pf["image_std"],
         )
         template = bc.chat_template("<|vision_start|><|image_pad|><|vision_end|>")
-        return image_only(transformers.Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok, video_processor=None, chat_template=template)
+        return bc.image_only(transformers.Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok, video_processor=None, chat_template=template)
     if family == "internvl":
         pf = facts["internvl"]
         named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
@@ -150,25 +146,11 @@ def build_processor(family: str, cfg: dict, tiny: bool):
             max_patches=pf["max_patches"], image_mean=pf["image_mean"], image_std=pf["image_std"],
         )
         template = bc.chat_template("<IMG_CONTEXT>\n")
-        return image_only(transformers.InternVLProcessor)(
+        return bc.image_only(transformers.InternVLProcessor)(
             image_processor=image_processor, tokenizer=tok, video_processor=None, image_seq_length=cfg["image_seq_length"], chat_template=template
         )
     system = QWEN25_SYSTEM if family == "qwen2" else ""
-    return bc.word_tokenizer(QWEN_SPECIALS, "<|im_end|>", "<|endoftext|>", corpus, template=bc.chat_template(default_system=system))
-
-
-def image_only(processor_cls):
-    """``processor_cls`` without its video processor: requests here hold images only, and video processors
-    cannot be built without torchvision (absent on the CPU machines). Everything else is the real processor."""
-
-    class ImageOnlyProcessor(processor_cls):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    ImageOnlyProcessor.__name__ = f"ImageOnly{processor_cls.__name__}"
-    return ImageOnlyProcessor
+    return bc.word_tokenizer(bc.QWEN_SPECIALS, "<|im_end|>", "<|endoftext|>", corpus, template=bc.chat_template(default_system=system))
 
 
 def chat_generator(model, processor, device: str, vision: bool):

@@ -28,7 +28,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--editor",
         default=None,
-        choices=("lite", "instruct-pix2pix", "inpaint", "flowedit", "kontext"),
+        choices=("lite", "instruct-pix2pix", "inpaint", "flowedit", "kontext", "qwen-image-edit"),
         help=(
             "Stage 2 editor (default: the preset's). lite: pixelate/blur/fill/inpaint per category, CPU; "
             "instruct-pix2pix: diffusers StableDiffusionInstructPix2PixPipeline driven by the edit instruction, "
@@ -36,7 +36,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             "timbrooks/instruct-pix2pix); inpaint: a diffusers inpainting pipeline repaints the region masks from the "
             "row's target caption (set diffusion.model to an inpainting checkpoint); flowedit: training-free FlowEdit "
             "on SD3 from the private caption to the target caption (the paper's settings in preset paper); kontext: "
-            "diffusers FluxKontextPipeline (FLUX.1 Kontext) driven by the edit instruction. A GPU is strongly advised"
+            "diffusers FluxKontextPipeline (FLUX.1 Kontext) driven by the edit instruction; qwen-image-edit: diffusers "
+            "QwenImageEditPipeline (Qwen-Image-Edit, true CFG) driven by the edit instruction. A GPU is strongly advised"
         ),
     )
     p.add_argument("--detectors", default=None, help=f"comma-separated lite detectors to run, among {','.join(DETECTORS)} (default: all)")

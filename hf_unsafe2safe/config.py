@@ -193,7 +193,7 @@ class DiffusionEditorConfig(ModelConfig):
     # "regions": composite inside the sensitive regions only; "global": the paper's whole-image edit
     mode: str = "regions"
     # None: the editor's recommended value (EDITOR_DEFAULTS: 20 / 7.5 for instruct-pix2pix and inpaint, 28 / 2.5
-    # for kontext, 50 steps for flowedit)
+    # for kontext, 50 / 4.0 (true CFG) for qwen-image-edit, 50 steps for flowedit)
     steps: int | None = None
     guidance_scale: float | None = None
     image_guidance_scale: float = 1.5
@@ -220,7 +220,8 @@ class DiffusionEditorConfig(ModelConfig):
     # "max-autotune", "max-autotune-no-cudagraphs"); "" = eager
     compile: str = ""
     # diffusers attention backend ("native", "flash", "_native_cudnn", "sage", ... see diffusers'
-    # AttentionBackendName); only the kontext transformer dispatches through it; "" = the library default
+    # AttentionBackendName); only the kontext and qwen-image-edit transformers dispatch through it; "" = the
+    # library default
     attention_backend: str = ""
     # SD3 without its T5 encoder (diffusers' documented memory saver; also what the tiny test model has)
     without_t5: bool = False
@@ -244,7 +245,7 @@ class DiffusionEditorConfig(ModelConfig):
         _check(isinstance(self.max_side, int) and self.max_side >= 64, "diffusion.max_side", self.max_side, "an int >= 64")
         _check(self.min_change >= 0, "diffusion.min_change", self.min_change, "a number >= 0")
         _check(self.compile in ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"), "diffusion.compile", self.compile, "'' or a torch.compile mode")
-        _check(not self.attention_backend or self.name == "kontext", "diffusion.attention_backend", self.attention_backend, f"'' for {self.name} (its attention is PyTorch SDPA; only kontext dispatches through diffusers' backends)")
+        _check(not self.attention_backend or self.name in ("kontext", "qwen-image-edit"), "diffusion.attention_backend", self.attention_backend, f"'' for {self.name} (its attention is PyTorch SDPA; only kontext and qwen-image-edit dispatch through diffusers' backends)")
         _check(self.dual_prompt in (False, True) and (not self.dual_prompt or self.name == "instruct-pix2pix"), "diffusion.dual_prompt", self.dual_prompt, "false, or true with instruct-pix2pix")
         _check(isinstance(self.leak_check, bool), "diffusion.leak_check", self.leak_check, "true or false")
         _check(0 < self.face_leak_distance <= 2, "diffusion.face_leak_distance", self.face_leak_distance, "a number in (0, 2]")

@@ -119,7 +119,7 @@ def test_cli_editor_option_runs_the_diffusion_editor(ip2p_path, tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["anonymize", "--help"])
     help_text = capsys.readouterr().out
-    assert "--editor" in help_text and all(name in help_text for name in ("instruct-pix2pix", "inpaint", "flowedit", "kontext", "lite:"))
+    assert "--editor" in help_text and all(name in help_text for name in ("instruct-pix2pix", "inpaint", "flowedit", "kontext", "qwen-image-edit", "lite:"))
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "face.png").write_bytes(encode(data.astronaut()[::4, ::4], "PNG"))
@@ -199,12 +199,72 @@ def test_kontext_editor_keeps_sizes_seeds_and_regions(tmp_path):
     assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5
 
 
+def test_qwen_image_edit_editor_keeps_sizes_seeds_and_regions(tmp_path):
+    """The real editor class on a tiny pipeline built in memory (its Qwen2-VL processor cannot go through
+    from_pretrained without torchvision); only ``load_pipeline`` is replaced."""
+    from PIL import Image
+    from skimage import data
+    from tiny_models import build_tiny_qwen_image_edit
+
+    from hf_unsafe2safe.editing.diffusion import QwenImageEditEditor
+
+    # the real loading path: QwenImageEditPipeline.from_pretrained, which names the folder it cannot find
+    with pytest.raises((OSError, ValueError), match="no-such-model"):
+        QwenImageEditEditor(DiffusionEditorConfig(name="qwen-image-edit", model=str(tmp_path / "no-such-model")), "cpu")
+
+    class InMemoryQwenImageEdit(QwenImageEditEditor):
+        def load_pipeline(self, config, dtype):
+            return build_tiny_qwen_image_edit()  # float32, what pick_dtype gives on a CPU
+
+    config = DiffusionEditorConfig(name="qwen-image-edit", model="in-memory", steps=2, max_side=64)
+    assert config.guidance_scale == 4.0  # true CFG, the model card's value
+    qwen = InMemoryQwenImageEdit(config, "cpu")
+    pipe = qwen.pipe
+    assert pipe.__class__.__name__ == "QwenImageEditPipeline" and qwen.multiple == 16
+    # the pipeline drops the system prompt's hidden states by count: the tokenizer gives it Qwen's 64 tokens
+    system = pipe.prompt_template_encode.split("<|vision_start|>")[0]
+    assert len(pipe.tokenizer(system).input_ids) == pipe.prompt_template_encode_start_idx
+
+    rng = np.random.RandomState(0)
+    a, b = (Image.fromarray(rng.randint(0, 255, (h, w, 3), np.uint8)) for h, w in ((48, 64), (100, 50)))
+    prompts = ["make the car blue", "blur the text", "make the car blue"]
+    batches = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    out = qwen.edit([a, b, a], prompts, [1, 2, 3])
+    hook.remove()
+    assert sorted(set(batches)) == [1, 2]  # rows 0 and 2 share a bucket and go in one call, row 1 alone
+    assert len(batches) == 2 * 2 * 2  # 2 calls x 2 steps x (conditional + negative-prompt pass): true CFG is on
+    assert [o.size for o in out] == [(64, 48), (50, 100), (64, 48)]
+    alone = qwen.edit([a], prompts[2:], [3])[0]
+    assert np.abs(np.asarray(alone, np.int16) - np.asarray(out[2], np.int16)).max() <= 1
+    # another seed, another edit (random weights move it little, but far beyond the batching noise above)
+    assert np.abs(np.asarray(out[0], np.int16) - np.asarray(out[2], np.int16)).mean() > 0.5
+
+    class QwenImageEditTransform(Unsafe2Safe):
+        def diffusion_editor(self, rank):
+            return qwen
+
+    anonymize = QwenImageEditTransform.from_preset("lite", diffusion={"name": "qwen-image-edit", "model": "in-memory", "steps": 2, "max_side": 64})
+    face = encode(data.astronaut()[::4, ::4], "PNG")
+    result = anonymize({"image": [{"bytes": face, "path": None}]})
+    assert result[C.ANONYMIZATION][0]["editor"].startswith("qwen-image-edit")
+    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(result["image"][0]["bytes"]).convert("RGB"), np.int16)
+    from hf_unsafe2safe.inspection.base import Region
+
+    e = anonymize.config.editor
+    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in result[C.PRIVACY_REGIONS][0]]
+    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
+    assert np.array_equal(before[weight == 0], after[weight == 0])
+    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5
+
+
 def test_speed_options_are_validated():
     with pytest.raises(ValueError, match="diffusion.compile"):
         DiffusionEditorConfig(compile="fast")
     with pytest.raises(ValueError, match="diffusion.attention_backend"):
         DiffusionEditorConfig(name="instruct-pix2pix", attention_backend="flash")
     assert DiffusionEditorConfig(name="kontext", attention_backend="flash", compile="max-autotune").compile == "max-autotune"
+    assert DiffusionEditorConfig(name="qwen-image-edit", attention_backend="flash").attention_backend == "flash"
 
 
 def test_dual_prompt_conditions_on_instruction_and_caption(ip2p_path):

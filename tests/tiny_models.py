@@ -287,3 +287,57 @@ def build_lpips_weights(folder, net: str, seed: int = 0) -> tuple[str, str]:
     torch.save(backbone, paths[0])
     torch.save(lin, paths[1])
     return paths
+
+
+def build_tiny_qwen_image_edit(seed: int = 0):
+    """A two-layer Qwen-Image-Edit pipeline, in memory: tiny QwenImage transformer and VAE (three 2x downsamples,
+    the real vae_scale_factor 8), a tiny Qwen2.5-VL text encoder with Qwen's vocabulary size and vision token ids.
+
+    Not saved and loaded back: ``from_pretrained`` of a Qwen2-VL processor builds its video processor, which
+    transformers 5.24 refuses without torchvision (absent here); the processor is the real class without it
+    (``bench_common.image_only``). The tokenizer (``bench_common.word_tokenizer``: Qwen's pre-token split, one
+    token per piece, Qwen's special ids) gives the pipeline's system prompt the 64 tokens its
+    ``prompt_template_encode_start_idx`` drops, as Qwen's own tokenizer does. The image processor reads the
+    condition image at 56x56 px (4 visual tokens) instead of the real ~1 megapixel, to keep the test fast."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    benchmarks = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    import bench_common as bc
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    )
+    # one channel width throughout: the VAE encodes the ~1 megapixel condition image, the slow part on a CPU
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+            vocab_size=152064, rope_parameters={"mrope_section": [1, 1, 2], "rope_type": "default", "rope_theta": 1e6},
+        ),
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
+        vocab_size=152064,
+        image_token_id=bc.QWEN_SPECIALS["<|image_pad|>"], video_token_id=bc.QWEN_SPECIALS["<|video_pad|>"],
+        vision_start_token_id=bc.QWEN_SPECIALS["<|vision_start|>"], vision_end_token_id=bc.QWEN_SPECIALS["<|vision_end|>"],
+    ))
+    pipe = QwenImageEditPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=None, processor=None, transformer=transformer,
+    )
+    # the vocabulary: the pipeline's own prompt template (read from it) and words of typical edit instructions
+    corpus = [pipe.prompt_template_encode, "Replace the face with a different person, blur the text and make the car blue"]
+    tokenizer = bc.word_tokenizer(bc.QWEN_SPECIALS, "<|im_end|>", "<|endoftext|>", corpus)
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 56 * 56})
+    processor = bc.image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None)
+    pipe.register_modules(tokenizer=tokenizer, processor=processor)
+    return pipe
