@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="split of both (default: the only one)")
     e.add_argument("--image-column", default="image", help="image column (default: image)")
     e.add_argument("--key", default=None, help="column that identifies a row in both datasets")
+    e.add_argument("--run-seed", type=int, default=None, help="global seed of the anonymization run, to check the row order on the image content when the datasets share no column (default: read from ANONYMIZED/unsafe2safe_run.json, else 0)")
     e.add_argument(
         "--metrics",
         default="privacy,cheating",
@@ -320,6 +321,17 @@ def utility_config_from_args(args):
     return UtilityConfig.paper(**values) if args.utility_paper else UtilityConfig(**values)
 
 
+def _run_seed(args) -> int:
+    """--run-seed, else the seed recorded next to a saved anonymized dataset, else 0."""
+    if args.run_seed is not None:
+        return args.run_seed
+    record = os.path.join(args.anonymized, "unsafe2safe_run.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            return int(json.load(f).get("config", {}).get("seed", 0))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate, flag_quality
     from .pipeline import load_source
@@ -347,7 +359,7 @@ def cmd_evaluate(args) -> int:
             test = load_source(args.test or args.original, args.test_split)
         report = evaluate(
             single(args.original), single(args.anonymized), metrics=metrics, key=args.key, image_column=args.image_column, seed=args.seed,
-            clip_model=args.clip_model, fid_model=args.fid_model, test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
+            clip_model=args.clip_model, fid_model=args.fid_model, run_seed=_run_seed(args), test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
         )
         if args.flag_truth:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))

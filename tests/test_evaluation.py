@@ -107,6 +107,22 @@ def test_rows_are_aligned_by_key_or_checked_position(originals):
         align(originals, originals.select([0, 1]))
 
 
+def test_without_shared_columns_the_order_is_checked_on_the_content(originals):
+    from hf_unsafe2safe import anonymize_dataset
+
+    images_only = originals.remove_columns("name")
+    safe = anonymize_dataset(images_only, Unsafe2Safe.from_preset("lite"))
+    assert align(images_only, safe) == [(0, 0), (1, 1), (2, 2)]
+    with pytest.raises(ValueError, match="row 0 does not derive"):
+        align(images_only, safe.select([1, 0, 2]))
+    reseeded = anonymize_dataset(images_only, Unsafe2Safe.from_preset("lite", seed=7))
+    with pytest.raises(ValueError, match="run_seed"):
+        align(images_only, reseeded)
+    assert align(images_only, reseeded, run_seed=7) == [(0, 0), (1, 1), (2, 2)]
+    with pytest.raises(ValueError, match="pass `key`"):
+        align(images_only, images_only)  # nothing to check the order on
+
+
 def test_bootstrap_is_deterministic_under_a_seed():
     values = list(np.random.RandomState(0).rand(50))
     assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)

@@ -100,7 +100,7 @@ def test_the_detector_gives_five_landmarks_without_changing_its_boxes(faces):
 
 
 def test_a_copy_is_the_same_person_for_the_onnx_embedder(faces, model_path):
-    ds = image_dataset([encode(f, "PNG") for f in faces])
+    ds = image_dataset([encode(f, "PNG") for f in faces], name=[str(i) for i in range(len(faces))])
     report = evaluate(ds, ds, metrics=FACES, faces=_arcface(model_path))
     m = report.metrics
     assert m["face_sim"]["value"] == pytest.approx(1.0, abs=1e-6) and m["face_sim"]["n"] == 2
@@ -128,7 +128,7 @@ def test_blurred_and_replaced_faces_score_lower(faces, model_path):
             x0, y0, x1, y1 = max(0, x0 - margin), max(0, y0 - margin), x1 + margin, y1 + margin
             out[y0:y1, x0:x1] = np.random.default_rng(0).integers(0, 256, (y1 - y0, x1 - x0, 3))
         changed.append(encode(out, "PNG"))
-    report = evaluate(image_dataset([encode(f, "PNG") for f in faces]), image_dataset(changed), metrics=FACES, faces=_arcface(model_path))
+    report = evaluate(image_dataset([encode(f, "PNG") for f in faces], name=[str(i) for i in range(len(faces))]), image_dataset(changed, name=[str(i) for i in range(len(changed))]), metrics=FACES, faces=_arcface(model_path))
     m = report.metrics
     print({name: m[name]["value"] for name in FIGURES})
     assert m["face_vanished_share"]["value"] == 0.5
@@ -144,7 +144,7 @@ def test_a_model_that_cannot_be_loaded_makes_the_faces_figures_unavailable(faces
         path.write_bytes(b"not a model")
     elif broken == "wrong input":
         _recognition_model(path, side=64)
-    ds = image_dataset([encode(faces[0], "PNG")])
+    ds = image_dataset([encode(faces[0], "PNG")], name=["0"])
     report = evaluate(ds, ds, metrics=FACES, faces=_arcface(str(path)))
     for name in FIGURES:
         figure = report.metrics[name]
@@ -175,7 +175,7 @@ def test_the_config_names_the_wrong_field(kwargs, field):
 def test_evaluate_command_with_the_onnx_embedder(faces, model_path, tmp_path, capsys):
     from hf_unsafe2safe.cli import main
 
-    ds = image_dataset([encode(f, "PNG") for f in faces])
+    ds = image_dataset([encode(f, "PNG") for f in faces], name=[str(i) for i in range(len(faces))])
     ds.save_to_disk(str(tmp_path / "src"))
     common = ["evaluate", "--original", str(tmp_path / "src"), "--anonymized", str(tmp_path / "src"), "--metrics", "faces"]
     arcface = ["--face-embedder", "arcface-onnx", "--face-model", model_path]

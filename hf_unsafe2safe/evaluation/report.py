@@ -308,8 +308,10 @@ def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
     return out
 
 
-def align(original, anonymized, key: str | None = None, image_column: str = "image"):
-    """Pairs of rows, by ``key`` when given, else by position checked on every shared non-image column."""
+def align(original, anonymized, key: str | None = None, image_column: str = "image", run_seed: int = 0):
+    """Pairs of rows, by ``key`` when given, else by position, checked on every shared non-image column or, when
+    the datasets share none, on the content: each anonymized row's ``anonymization.seed`` derives from the
+    original image's bytes and the run's global seed (``run_seed``), so a shifted or reordered row shows."""
     if key is not None:
         for name, ds in (("original", original), ("anonymized", anonymized)):
             if key not in ds.column_names:
@@ -327,7 +329,42 @@ def align(original, anonymized, key: str | None = None, image_column: str = "ima
     for column in shared:
         if original[column] != anonymized[column]:
             raise ValueError(f"rows are not aligned: column {column!r} differs between the datasets; pass `key`")
+    if not shared:
+        _check_content_order(original, anonymized, image_column, run_seed)
     return [(i, i) for i in range(len(original))]
+
+
+def _check_content_order(original, anonymized, image_column: str, run_seed: int) -> None:
+    """Position alone is never trusted: row i's anonymization seed must be the one the transform derives from the
+    bytes of the original's row i (rows without an image or a seed, e.g. invalid input, are skipped)."""
+    import hashlib
+
+    from datasets import Image
+
+    from ..transform import row_seed
+    from ..utils.images import image_bytes
+
+    if C.ANONYMIZATION not in anonymized.column_names:
+        raise ValueError("rows cannot be aligned: the datasets share no column to check their order and the anonymized one has no `anonymization` column; pass `key`")
+    cells = original.cast_column(image_column, Image(decode=False))[image_column] if image_column in original.column_names else []
+    checked = 0
+    for i, (cell, status) in enumerate(zip(cells, anonymized[C.ANONYMIZATION])):
+        seed = (status or {}).get("seed")
+        if seed is None or seed < 0:
+            continue
+        try:
+            data, _ = image_bytes(cell)
+        except (OSError, ValueError):
+            continue
+        if data is None:
+            continue
+        if row_seed(run_seed, hashlib.sha256(data).hexdigest()) != seed:
+            raise ValueError(
+                f"rows are not aligned: the anonymization seed of row {i} does not derive from the original image of row {i} "
+                f"(run seed {run_seed}); pass `key`, or `run_seed` if the anonymization ran with another --seed"
+            )
+        checked += 1
+    logger.info("row order checked on the content of %d rows", checked)
 
 
 def _rgb(cell):
@@ -340,7 +377,7 @@ def _rgb(cell):
 def evaluate(
     original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0,
     clip_model: str | None = None, test=None, utility=None, lpips=None, judge=None, demographics=None, faces=None,
-    fid_model: str | None = None,
+    fid_model: str | None = None, run_seed: int = 0,
 ) -> EvalReport:
     """Compare an anonymized dataset with its original. ``metrics``: group names (privacy, cheating, quality,
     utility, demographics), metric names (see ``METRICS``) or ``PairMetric`` instances. The models are config:
@@ -349,6 +386,8 @@ def evaluate(
       its same-person cosine);
     - ``clip_model`` (quality): CLIP by Hub id or local path, default the paper's ViT-L/14;
     - ``fid_model`` (quality, FID / KID): any transformers vision model (e.g. DINOv2), default ``clip_model``;
+    - ``run_seed``: the global seed of the anonymization run, to check the row order on the content when the
+      datasets share no column and no ``key`` is given;
     - ``lpips``: ``LPIPSConfig`` with the backbone and calibration weight files;
     - ``judge``: ``VLMJudgeConfig``, the VLM of VLMScore and of the race question (Hub id or local folder);
     - ``demographics``: ``DemographicsConfig`` (face threshold, matching, age buckets);
@@ -362,7 +401,7 @@ def evaluate(
     names = resolve_metrics(metrics)
     if "utility" in names and test is None:
         raise ValueError("the utility metric needs the original test split: pass `test` (CLI: --test-split, --test)")
-    pairs = align(original, anonymized, key, image_column)
+    pairs = align(original, anonymized, key, image_column, run_seed)
     report = EvalReport(pairs=len(pairs))
     if "utility" in names:
         _add_utility(report, original, anonymized, test, utility, key, image_column, seed)
