@@ -39,7 +39,7 @@ def parser(spec: DatasetSpec) -> argparse.ArgumentParser:
 
 def run(spec: DatasetSpec, argv=None) -> dict:
     from hf_unsafe2safe import Unsafe2Safe
-    from hf_unsafe2safe.pipeline import anonymize_dataset, format_summary, load_source, summarize, write_run_record
+    from hf_unsafe2safe.pipeline import anonymize_to_disk, format_summary, load_source, summarize, write_run_record
 
     args = parser(spec).parse_args(argv)
     anonymize = Unsafe2Safe.from_preset(args.preset, image_column=spec.image_column)
@@ -50,9 +50,11 @@ def run(spec: DatasetSpec, argv=None) -> dict:
             ds = ds.select(range(min(args.limit, len(ds))))
         if spec.add_columns is not None:
             ds = ds.map(spec.add_columns, desc=f"{spec.name} columns")
-        safe = anonymize_dataset(ds, anonymize, batch_size=args.batch_size, num_proc=args.num_proc, desc=f"{spec.name} [{split}]")
         out = os.path.join(args.output, split)
-        safe.save_to_disk(out)
+        # chunks saved as they finish: a rerun resumes; under torchrun / accelerate launch the processes share them
+        safe = anonymize_to_disk(ds, anonymize, out, batch_size=args.batch_size, num_proc=args.num_proc)
+        if safe is None:
+            continue  # another rank: rank 0 writes the record and the summary
         summaries[split] = summarize(safe)
         write_run_record(out, anonymize, f"{args.source} ({split})", summaries[split])
         print(f"[{split}] saved to {out}\n{format_summary(summaries[split])}")
