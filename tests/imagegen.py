@@ -193,3 +193,20 @@ def reach_mask(shape, regions, editor_config, margin: int = 3) -> np.ndarray:
         dy = int(np.ceil((y1 - y0) * editor_config.dilation)) + editor_config.feather + margin
         mask[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)] = True
     return mask
+
+
+def assert_rewritten_only_inside_regions(source: bytes, out: dict, row: int, editor_config, min_inside: float = 5.0) -> None:
+    """Row ``row`` of a transform output: pixels outside its regions' blend mask equal the source exactly, and
+    pixels fully inside moved by more than ``min_inside`` grey levels on average (a diffusion edit composited)."""
+    from hf_unsafe2safe import columns as C
+    from hf_unsafe2safe.editing.diffusion import region_mask
+    from hf_unsafe2safe.inspection.base import Region
+
+    before = np.asarray(Image.open(io.BytesIO(source)).convert("RGB"), np.int16)
+    after = np.asarray(Image.open(io.BytesIO(out["image"][row]["bytes"])).convert("RGB"), np.int16)
+    assert before.shape == after.shape
+    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in out[C.PRIVACY_REGIONS][row]]
+    weight = region_mask((before.shape[1], before.shape[0]), regions, editor_config.dilation, editor_config.feather)
+    assert weight.max() == 1
+    assert np.array_equal(before[weight == 0], after[weight == 0])  # outside the regions: the source, exactly
+    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > min_inside  # inside: rewritten

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("diffusers")
 
 from conftest import encode  # noqa: E402
+from imagegen import assert_rewritten_only_inside_regions  # noqa: E402
 from tiny_models import build_tiny_instruct_pix2pix  # noqa: E402
 
 from hf_unsafe2safe import Unsafe2Safe  # noqa: E402
@@ -70,16 +71,7 @@ def test_transform_edits_regions_with_the_diffusion_editor_only(ip2p_path):
     status = out[C.ANONYMIZATION][0]
     assert status["status"] == C.STATUS_EDITED and status["editor"].startswith("instruct-pix2pix")
     assert out["image"][1]["bytes"] == plain  # unflagged rows never reach the editor
-    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(out["image"][0]["bytes"]).convert("RGB"), np.int16)
-    assert before.shape == after.shape
-    from hf_unsafe2safe.inspection.base import Region
-
-    e = anonymize.config.editor
-    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in out[C.PRIVACY_REGIONS][0]]
-    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
-    assert weight.max() == 1
-    assert np.array_equal(before[weight == 0], after[weight == 0])  # outside the regions: the source, exactly
-    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5  # inside: rewritten
+    assert_rewritten_only_inside_regions(face, out, 0, anonymize.config.editor)
 
 
 class _CrashingEditor:
@@ -150,14 +142,7 @@ def test_inpaint_editor_repaints_the_region_masks(tmp_path):
     out = anonymize({"image": [{"bytes": face, "path": None}]})
     assert out[C.ANONYMIZATION][0]["editor"].startswith("inpaint")
     assert anonymize._diffusion.pipe.__class__.__name__ == "StableDiffusionInpaintPipeline"
-    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(out["image"][0]["bytes"]).convert("RGB"), np.int16)
-    from hf_unsafe2safe.inspection.base import Region
-
-    e = anonymize.config.editor
-    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in out[C.PRIVACY_REGIONS][0]]
-    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
-    assert np.array_equal(before[weight == 0], after[weight == 0])
-    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5
+    assert_rewritten_only_inside_regions(face, out, 0, anonymize.config.editor)
 
 
 def test_kontext_editor_keeps_sizes_seeds_and_regions(tmp_path):
@@ -189,14 +174,7 @@ def test_kontext_editor_keeps_sizes_seeds_and_regions(tmp_path):
     face = encode(data.astronaut()[::4, ::4], "PNG")
     result = anonymize({"image": [{"bytes": face, "path": None}]})
     assert result[C.ANONYMIZATION][0]["editor"].startswith("kontext")
-    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(result["image"][0]["bytes"]).convert("RGB"), np.int16)
-    from hf_unsafe2safe.inspection.base import Region
-
-    e = anonymize.config.editor
-    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in result[C.PRIVACY_REGIONS][0]]
-    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
-    assert np.array_equal(before[weight == 0], after[weight == 0])
-    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5
+    assert_rewritten_only_inside_regions(face, result, 0, anonymize.config.editor)
 
 
 def test_qwen_image_edit_editor_keeps_sizes_seeds_and_regions(tmp_path):
@@ -248,14 +226,7 @@ def test_qwen_image_edit_editor_keeps_sizes_seeds_and_regions(tmp_path):
     face = encode(data.astronaut()[::4, ::4], "PNG")
     result = anonymize({"image": [{"bytes": face, "path": None}]})
     assert result[C.ANONYMIZATION][0]["editor"].startswith("qwen-image-edit")
-    before, after = np.asarray(_pil(face).convert("RGB"), np.int16), np.asarray(_pil(result["image"][0]["bytes"]).convert("RGB"), np.int16)
-    from hf_unsafe2safe.inspection.base import Region
-
-    e = anonymize.config.editor
-    regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in result[C.PRIVACY_REGIONS][0]]
-    weight = region_mask((before.shape[1], before.shape[0]), regions, e.dilation, e.feather)
-    assert np.array_equal(before[weight == 0], after[weight == 0])
-    assert np.abs(before[weight == 1] - after[weight == 1]).mean() > 5
+    assert_rewritten_only_inside_regions(face, result, 0, anonymize.config.editor)
 
 
 def test_speed_options_are_validated():
