@@ -1,6 +1,5 @@
 """FlowEdit on a tiny SD3 (random weights, saved and loaded via from_pretrained), checked against a plain loop."""
 
-
 import numpy as np
 import pytest
 
