@@ -262,3 +262,33 @@ def test_dual_prompt_conditions_on_instruction_and_caption(ip2p_path):
 
     result = anonymize({"image": [{"bytes": encode(data.astronaut()[::4, ::4], "PNG"), "path": None}]})
     assert result[C.ANONYMIZATION][0]["editor"].startswith("instruct-pix2pix")
+
+
+class _SmallMemoryEditor(InstructPix2PixEditor):
+    """The real editor on a device that runs out of memory above ``fits`` rows per call: fault injection of the
+    CUDA out-of-memory error, which cannot happen on the CPU."""
+
+    fits = 1
+
+    def _call(self, prompts, images, masks, size, generators, sources, captions):
+        self.calls.append(len(prompts))
+        if len(prompts) > self.fits:
+            raise self._torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super()._call(prompts, images, masks, size, generators, sources, captions)
+
+
+def test_out_of_memory_splits_the_batch_and_gives_the_same_rows(ip2p_path, editor):
+    from PIL import Image
+
+    small = _SmallMemoryEditor(DiffusionEditorConfig(model=ip2p_path, steps=2, max_side=64, batch_size=4), "cpu")
+    small.calls = []
+    rng = np.random.RandomState(2)
+    images = [Image.fromarray(rng.randint(0, 255, (48, 64, 3), np.uint8)) for _ in range(3)]
+    out = small.edit(images, ["a", "b", "c"], [5, 6, 7])
+    assert small.calls == [3, 1, 2, 1, 1]  # 3 -> 1 + 2 -> 1 + 1
+    whole = editor.edit(images, ["a", "b", "c"], [5, 6, 7])  # the same model with memory to spare
+    for a, b in zip(out, whole):
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+    small.fits = 0
+    with pytest.raises(small._torch.cuda.OutOfMemoryError):  # a single row that does not fit: the error stands
+        small.edit(images[:1], ["a"], [5])
