@@ -173,7 +173,9 @@ def prompt_tokens(gen, conversation) -> int:
 
 def sweep(name: str, run, sizes: list[int], loop_n: int, measure, budget, result: dict, checkpoint) -> None:
     """``run(n_rows, batch_size)`` timed one at a time over ``loop_n`` rows, then once per batch size over as many
-    rows as the batch holds, into ``result``. After an out-of-memory error larger batches are not tried."""
+    rows as the batch holds, into ``result``. After an out-of-memory error larger batches are not tried; a batch
+    that ChatGenerator had to split after running out of memory is measured as it ran and marked ``oom_splits``."""
+    splits = bc.WarningCounter("hf_unsafe2safe.inspection.vlm")
     print(f"[{name}] one at a time over {loop_n} rows ...", flush=True)
     m = measure(lambda: run(loop_n, 1))
     m.update(rows=loop_n, batch=1)
@@ -191,6 +193,9 @@ def sweep(name: str, run, sizes: list[int], loop_n: int, measure, budget, result
         print(f"[{name}] batch {b} ...", flush=True)
         m = measure(lambda: run(b, b))
         m["batch"] = b
+        split = [msg for msg in splits.take() if "out of GPU memory" in msg]
+        if split:
+            m["oom_splits"] = split
         if m["oom"]:
             stop = f"out of memory at batch {b}"
         else:
@@ -323,7 +328,8 @@ def write_outputs(results: dict, args) -> None:
             if m.get("skipped") or m.get("oom"):
                 rows.append([role, m["batch"], "-", "-", "-", m.get("skipped") or "OOM", "-"])
             else:
-                rows.append([role, m["batch"], m["batch"], m["seconds"], m["rows_per_s"], f"{m['rows_per_s'] / base:.2f}x" if base else "-", m["peak_gib"]])
+                batch = f"{m['batch']} (split after OOM)" if m.get("oom_splits") else m["batch"]
+                rows.append([role, batch, m["batch"], m["seconds"], m["rows_per_s"], f"{m['rows_per_s'] / base:.2f}x" if base else "-", m["peak_gib"]])
     lines.append(bc.markdown_table(headers, rows))
     c = results["combined"]
     lines += ["", "Stage 1 per image (VLM + instructor):", ""]

@@ -294,3 +294,27 @@ def test_cli_with_local_tiny_models_and_a_clear_error_for_missing_ones(vlm_path,
     with pytest.raises(SystemExit, match="could not load the models"):
         main(["anonymize", str(folder), "--output", str(tmp_path / "out2"), "--set", "vlm.model=nobody/no-such-model"])
     assert not (tmp_path / "out2").exists()
+
+
+class _SmallMemoryGenerator(ChatGenerator):
+    """The real tiny VLM on a device that runs out of memory above ``fits`` conversations per call: fault
+    injection of the CUDA out-of-memory error, which cannot happen on the CPU."""
+
+    fits = 1
+
+    def _generate(self, conversations, max_new_tokens):
+        self.calls.append(len(conversations))
+        if len(conversations) > self.fits:
+            raise self._torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super()._generate(conversations, max_new_tokens)
+
+
+def test_out_of_memory_splits_the_generation_batch(vlm_path, vlm):
+    small = _SmallMemoryGenerator(vlm_path, revision=None, dtype="auto", device="cpu", vision=True)
+    small.calls = []
+    convs = [[{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "describe"}]}] for img in _images()]
+    assert small.generate(convs, max_new_tokens=6) == vlm.generate(convs, max_new_tokens=6)
+    assert small.calls == [3, 1, 2, 1, 1]
+    small.fits = 0
+    with pytest.raises(small._torch.cuda.OutOfMemoryError):
+        small.generate(convs[:1], max_new_tokens=6)

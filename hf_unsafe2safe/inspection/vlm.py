@@ -105,9 +105,22 @@ class ChatGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-        """Greedy answers to a batch of conversations (messages in the chat-template format)."""
+        """Greedy answers to a batch of conversations (messages in the chat-template format). Out of GPU memory,
+        the batch is split in two and retried (greedy decoding with left padding gives every conversation the same
+        answer whatever the batch holds); a single conversation that does not fit re-raises."""
         if not conversations:
             return []
+        try:
+            return self._generate(conversations, max_new_tokens)
+        except self._torch.cuda.OutOfMemoryError:
+            if len(conversations) == 1:
+                raise
+            self._torch.cuda.empty_cache()
+            half = len(conversations) // 2
+            logger.warning("out of GPU memory generating %d answers; retrying as %d + %d", len(conversations), half, len(conversations) - half)
+            return self.generate(conversations[:half], max_new_tokens) + self.generate(conversations[half:], max_new_tokens)
+
+    def _generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
         common = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
         if self.vision:
             inputs = self.processor.apply_chat_template(conversations, processor_kwargs={"padding": True}, **common)
