@@ -11,6 +11,7 @@ _LAZY = {
     "LiteInspectorConfig": ("config", "LiteInspectorConfig"),
     "LiteEditorConfig": ("config", "LiteEditorConfig"),
     "anonymize_dataset": ("pipeline", "anonymize_dataset"),
+    "anonymize_to_disk": ("pipeline", "anonymize_to_disk"),
     "summarize": ("pipeline", "summarize"),
     "load_source": ("pipeline", "load_source"),
     "write_preview": ("preview", "write_preview"),

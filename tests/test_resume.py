@@ -6,7 +6,7 @@ import pytest
 from conftest import encode, image_dataset
 
 from hf_unsafe2safe import Unsafe2Safe
-from hf_unsafe2safe.pipeline import anonymize_to_disk
+from hf_unsafe2safe import anonymize_to_disk
 
 
 @pytest.fixture(scope="module")
