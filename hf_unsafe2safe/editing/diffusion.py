@@ -182,27 +182,21 @@ class InstructPix2PixEditor:
         return out
 
     def _run(self, chunk: list[int], size, images, prompts, seeds, out) -> None:
-        try:
-            results = self._call(
-                [prompts[i] for i in chunk],
-                [images[i].convert("RGB").resize(size) for i in chunk],
-                [self._masks[i].resize(size) for i in chunk] if self._masks is not None else None,
+        from ..utils.memory import split_on_oom
+
+        def call(rows: list[int]) -> list:
+            return self._call(
+                [prompts[i] for i in rows],
+                [images[i].convert("RGB").resize(size) for i in rows],
+                [self._masks[i].resize(size) for i in rows] if self._masks is not None else None,
                 size,
-                [self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in chunk],
-                [self._sources[i] for i in chunk] if self._sources is not None else None,
-                [self._captions[i] for i in chunk] if self._captions is not None else None,
+                [self._torch.Generator(self.device).manual_seed(seeds[i] % 2**63) for i in rows],
+                [self._sources[i] for i in rows] if self._sources is not None else None,
+                [self._captions[i] for i in rows] if self._captions is not None else None,
             )
-        except self._torch.cuda.OutOfMemoryError:
-            if len(chunk) == 1:
-                raise
-            # split the batch and retry: per-row generators make the halves give the same rows as the whole
-            self._torch.cuda.empty_cache()
-            half = len(chunk) // 2
-            logger.warning("out of GPU memory at batch %d; retrying as %d + %d", len(chunk), half, len(chunk) - half)
-            self._run(chunk[:half], size, images, prompts, seeds, out)
-            self._run(chunk[half:], size, images, prompts, seeds, out)
-            return
-        for i, img in zip(chunk, results):
+
+        # per-row generators: the halves of a split batch give the same rows as the whole
+        for i, img in zip(chunk, split_on_oom(call, chunk, logger, "editing a batch of")):
             out[i] = img.resize(images[i].size)
 
 

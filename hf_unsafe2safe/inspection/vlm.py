@@ -110,15 +110,9 @@ class ChatGenerator:
         answer whatever the batch holds); a single conversation that does not fit re-raises."""
         if not conversations:
             return []
-        try:
-            return self._generate(conversations, max_new_tokens)
-        except self._torch.cuda.OutOfMemoryError:
-            if len(conversations) == 1:
-                raise
-            self._torch.cuda.empty_cache()
-            half = len(conversations) // 2
-            logger.warning("out of GPU memory generating %d answers; retrying as %d + %d", len(conversations), half, len(conversations) - half)
-            return self.generate(conversations[:half], max_new_tokens) + self.generate(conversations[half:], max_new_tokens)
+        from ..utils.memory import split_on_oom
+
+        return split_on_oom(lambda convs: self._generate(convs, max_new_tokens), conversations, logger, "generating answers for")
 
     def _generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
         common = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
