@@ -40,6 +40,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             "QwenImageEditPipeline (Qwen-Image-Edit, true CFG) driven by the edit instruction. A GPU is strongly advised"
         ),
     )
+    p.add_argument(
+        "--stage1-backend",
+        default=None,
+        choices=("transformers", "vllm"),
+        help=(
+            "engine of the Stage 1 VLM and instruction LLM (model presets; default: the preset's, transformers). "
+            "vllm: the same prompts and parsing on a vLLM engine (needs the vllm package; engine arguments with "
+            "--set vlm.vllm_options='{\"max_model_len\": 8192}')"
+        ),
+    )
     p.add_argument("--detectors", default=None, help=f"comma-separated lite detectors to run, among {','.join(DETECTORS)} (default: all)")
     p.add_argument(
         "--set",
@@ -194,6 +204,11 @@ def config_from_args(args, image_column: str):
         if unknown:
             raise SystemExit(f"error: Got {sorted(unknown)} for --detectors; choose among {','.join(DETECTORS)}")
         overrides["inspector"] = {name: name in chosen for name in DETECTORS}
+    if args.stage1_backend:
+        if args.preset not in ("fast", "paper"):
+            raise SystemExit(f"error: --stage1-backend needs a preset with Stage 1 models (fast or paper), not {args.preset!r}")
+        overrides["vlm"] = {"backend": args.stage1_backend}
+        overrides["instructor"] = {"backend": args.stage1_backend}
     if args.editor == "lite":
         overrides["diffusion"] = None
     elif args.editor:

@@ -132,8 +132,35 @@ class ModelConfig:
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, f"{name}.batch_size", self.batch_size, "an int >= 1")
 
 
+CHAT_BACKENDS = ("transformers", "vllm")
+# engine arguments the vllm backend sets itself from the config's own fields
+VLLM_RESERVED = ("model", "tokenizer", "revision", "tokenizer_revision", "dtype", "trust_remote_code", "seed")
+
+
 @dataclass
-class VLMInspectorConfig(ModelConfig):
+class ChatModelConfig(ModelConfig):
+    """A chat model of Stage 1 (the VLM or the instruction LLM) and the engine that runs it."""
+
+    # "transformers" (the reference: batched `generate`) or "vllm" (the same prompts and parsing on a vLLM engine,
+    # when the `vllm` package is installed)
+    backend: str = "transformers"
+    # extra `vllm.LLM` engine arguments, e.g. {"gpu_memory_utilization": 0.3, "max_model_len": 8192,
+    # "tensor_parallel_size": 2}; only with backend "vllm"
+    vllm_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        _check(self.backend in CHAT_BACKENDS, f"{name}.backend", self.backend, f"one of {CHAT_BACKENDS}")
+        _check(isinstance(self.vllm_options, dict) and all(isinstance(k, str) for k in self.vllm_options), f"{name}.vllm_options", self.vllm_options, "a dict of vllm.LLM keyword arguments")
+        _check(not self.vllm_options or self.backend == "vllm", f"{name}.vllm_options", self.vllm_options, "{} unless backend is 'vllm'")
+        for key in self.vllm_options:
+            _check(key not in VLLM_RESERVED, f"{name}.vllm_options", key, f"none of {VLLM_RESERVED} (set by the config's own fields)")
+        _check(self.backend != "vllm" or self.attn_implementation is None, f"{name}.attn_implementation", self.attn_implementation, "None with backend 'vllm' (vLLM picks its attention kernels)")
+
+
+@dataclass
+class VLMInspectorConfig(ChatModelConfig):
     """Stage 1 with a vision-language model: flag, review, dual captions and boxes in one answer per image."""
 
     box_format: str = "relative1000"  # how the model writes boxes (Qwen3-VL, InternVL: 0-1000 relative)
@@ -166,7 +193,7 @@ class VLMInspectorConfig(ModelConfig):
 
 
 @dataclass
-class InstructorConfig(ModelConfig):
+class InstructorConfig(ChatModelConfig):
     """The text LLM that turns the public caption into an edit instruction (and a merged target caption)."""
 
     max_new_tokens: int = 96

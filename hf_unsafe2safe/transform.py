@@ -191,17 +191,17 @@ class Unsafe2Safe:
         """The model half of Stage 1 (VLM + instruction LLM) on the rank's device, or None for lite."""
         if self.config.vlm is None:
             return None
-        from .inspection.vlm import ChatGenerator, EditInstructionWriter, ModelStage1, VLMInspector, pick_device
+        from .inspection.vlm import EditInstructionWriter, ModelStage1, VLMInspector, build_chat_generator, pick_device
         from .taxonomy import load_taxonomy
 
         device = pick_device(rank)
         v = self.config.vlm
-        vlm = ChatGenerator(v.model, v.revision, v.dtype, device, vision=True, trust_remote_code=v.trust_remote_code, attn_implementation=v.attn_implementation)
+        vlm = build_chat_generator(v, device, vision=True)
         inspector = VLMInspector(vlm, v.category_list(), v.box_format, v.image_max_side, v.image_min_side, v.max_new_tokens, v.batch_size, v.repair)
         writer = None
         if self.config.instructor is not None:
             i = self.config.instructor
-            llm = ChatGenerator(i.model, i.revision, i.dtype, device, vision=False, trust_remote_code=i.trust_remote_code, attn_implementation=i.attn_implementation)
+            llm = build_chat_generator(i, device, vision=False)
             writer = EditInstructionWriter(llm, i.max_new_tokens, i.batch_size, i.target_caption)
         grounder = None
         if self.config.grounding is not None:

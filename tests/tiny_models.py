@@ -19,7 +19,7 @@ CHAT_TEMPLATE = (
 CORPUS = '{"private": true, "categories": ["people"], "private_caption": "a face", "public_caption": "a person", "regions": []}'
 
 
-def _tokenizer():
+def _tokenizer(extra_specials: tuple[str, ...] = ()):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -27,7 +27,7 @@ def _tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=300, special_tokens=SPECIALS + list(extra_specials), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator([CORPUS] * 10, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
@@ -68,19 +68,50 @@ def build_tiny_vlm(path: str, seed: int = 0) -> str:
     return path
 
 
-def build_tiny_lm(path: str, seed: int = 0) -> str:
+def build_tiny_lm(path: str, seed: int = 0, hidden_size: int = 32, num_attention_heads: int = 4) -> str:
+    """``hidden_size=128, num_attention_heads=2`` gives the head size of 64 that vLLM's CPU attention needs."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _tokenizer()
     config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=num_attention_heads, num_key_value_heads=max(1, num_attention_heads // 2),
         vocab_size=len(tok), max_position_embeddings=4096,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
+    return path
+
+
+IDEFICS3_SPECIALS = ("<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+
+
+def build_tiny_idefics3(path: str, seed: int = 0) -> str:
+    """A SmolVLM-style VLM (Idefics3: SigLIP-like vision tower, pixel shuffle, Llama text model) that both
+    transformers and vLLM run without torchvision: one 56-px tile, 4 image tokens, text head size 64."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, Idefics3VisionConfig, LlamaConfig
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tok = _tokenizer(IDEFICS3_SPECIALS)
+    ids = {s: tok.convert_tokens_to_ids(s) for s in SPECIALS}
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 56}, max_image_size={"longest_edge": 56}, do_image_splitting=False)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4, chat_template=CHAT_TEMPLATE)
+    text = LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=len(tok), max_position_embeddings=4096,
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+    )
+    config = Idefics3Config(
+        vision_config=Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14),
+        text_config=text, image_token_id=ids["<image>"], scale_factor=2, pad_token_id=ids["<pad>"],
+    )
+    torch.manual_seed(seed)
+    Idefics3ForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
     return path
 
 

