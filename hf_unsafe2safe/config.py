@@ -259,6 +259,8 @@ class DiffusionEditorConfig(ModelConfig):
         _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
         if not self.model:
             self.model = DEFAULT_EDITOR_MODELS[self.name]
+            if self.revision is None:
+                self.revision = REVISIONS.get(self.model)
         default_steps, default_guidance = EDITOR_DEFAULTS[self.name]
         self.steps = default_steps if self.steps is None else self.steps
         self.guidance_scale = default_guidance if self.guidance_scale is None else self.guidance_scale
@@ -330,6 +332,16 @@ class PipelineConfig:
         _check(name in PRESETS, "preset", name, f"one of {sorted(PRESETS)}")
         base = PRESETS[name]()
         merged = _merge(base, overrides)
+        given = overrides.get("diffusion")
+        base_editor = (base.get("diffusion") or {}).get("name")
+        if isinstance(given, dict) and given.get("name", base_editor) != base_editor:
+            # another editor: the preset's settings of its own editor (steps, FlowEdit's n_max...) do not carry over
+            merged["diffusion"] = copy.deepcopy(given)
+        for section, given in overrides.items():
+            # a model chosen without a revision must not inherit the pin of the preset's model
+            if isinstance(given, dict) and "model" in given and "revision" not in given and isinstance(merged.get(section), dict):
+                if given["model"] != (base.get(section) or {}).get("model"):
+                    merged[section]["revision"] = None
         return cls.from_dict(merged)
 
 
@@ -349,14 +361,36 @@ def _lite() -> dict:
     return {"preset": "lite"}
 
 
-# Model ids of the model presets. Revisions are not pinned yet: these machines cannot reach the Hub to read
-# the commit hashes. Pin them with `vlm={"revision": "<sha>"}` (and for the instructor) in production runs.
+# Model ids of the model presets, each pinned to a commit of its Hub repository (a reproducible run loads the same
+# files). These machines cannot reach the Hub, so the hashes were read off Hugging Face cache snapshot folders
+# (models--ORG--NAME/snapshots/<commit>) named in several independent public repositories, not off the Hub itself.
+# A model overridden without a revision drops the preset's pin (PipelineConfig.from_preset).
+REVISIONS = {
+    "Qwen/Qwen3-VL-2B-Instruct": "89644892e4d85e24eaac8bacfd4f463576704203",
+    "Qwen/Qwen2.5-1.5B-Instruct": "989aa7980e4cf806f80c7fef2b1adb7bc71aa306",
+    "google/owlv2-base-patch16-ensemble": "cfd3195ba4ea9592eec887ded089f4c08eff231d",
+    "OpenGVLab/InternVL3_5-8B-HF": "741a7d03020411e666c6109218ab71e08151ef86",
+    "Qwen/Qwen3-4B-Instruct-2507": "cdbee75f17c01a7cc42f958dc650907174af0554",
+    "google/owlv2-large-patch14-ensemble": "d638f16c163f70a8b6bd643b2ddbfc8be2c34807",
+    # the diffusion editors' default checkpoints (editing.diffusion.DEFAULT_EDITOR_MODELS)
+    "timbrooks/instruct-pix2pix": "31519b5cb02a7fd89b906d88731cd4d6a7bbf88d",
+    "stable-diffusion-v1-5/stable-diffusion-inpainting": "8a4288a76071f7280aedbdb3253bdb9e9d5d84bb",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "ea42f8cef0f178587cf766dc8129abd379c90671",
+    "black-forest-labs/FLUX.1-Kontext-dev": "af58063aa431f4d2bbc11ae46f57451d4416a170",
+    "Qwen/Qwen-Image-Edit": "ac7f9318f633fc4b5778c59367c8128225f1e3de",
+}
+
+
+def _pinned(model: str, **fields) -> dict:
+    return {"model": model, "revision": REVISIONS[model], **fields}
+
+
 def _fast() -> dict:
     return {
         "preset": "fast",
-        "vlm": {"model": "Qwen/Qwen3-VL-2B-Instruct", "box_format": "relative1000", "image_max_side": 1024},
-        "instructor": {"model": "Qwen/Qwen2.5-1.5B-Instruct"},
-        "grounding": {"model": "google/owlv2-base-patch16-ensemble", "threshold": 0.2},
+        "vlm": _pinned("Qwen/Qwen3-VL-2B-Instruct", box_format="relative1000", image_max_side=1024),
+        "instructor": _pinned("Qwen/Qwen2.5-1.5B-Instruct"),
+        "grounding": _pinned("google/owlv2-base-patch16-ensemble", threshold=0.2),
         "diffusion": {"name": "instruct-pix2pix", "steps": 20, "max_side": 512},
     }
 
@@ -365,9 +399,9 @@ def _paper() -> dict:
     # closest to the paper: an InternVL VLM (HF-native checkpoint) and Qwen3-4B-Instruct-2507
     return {
         "preset": "paper",
-        "vlm": {"model": "OpenGVLab/InternVL3_5-8B-HF", "box_format": "relative1000", "image_max_side": 1344},
-        "instructor": {"model": "Qwen/Qwen3-4B-Instruct-2507"},
-        "grounding": {"model": "google/owlv2-large-patch14-ensemble", "threshold": 0.2},
+        "vlm": _pinned("OpenGVLab/InternVL3_5-8B-HF", box_format="relative1000", image_max_side=1344),
+        "instructor": _pinned("Qwen/Qwen3-4B-Instruct-2507"),
+        "grounding": _pinned("google/owlv2-large-patch14-ensemble", threshold=0.2),
         # FlowEdit on SD3-medium with the paper's settings
         "diffusion": {"name": "flowedit", "steps": 50, "source_guidance": 3.5, "target_guidance": 13.5, "n_min": 0, "n_max": 33, "n_avg": 1, "max_side": 1024},
     }

@@ -224,6 +224,34 @@ def test_config_round_trips_through_a_dict():
     assert PipelineConfig.from_dict(config.to_dict()) == config
 
 
+def test_model_presets_pin_every_default_checkpoint_and_overrides_drop_the_pin():
+    import re
+
+    from hf_unsafe2safe.config import REVISIONS
+
+    sha = re.compile(r"^[0-9a-f]{40}$")
+    assert all(sha.match(rev) for rev in REVISIONS.values())
+    for name in ("fast", "paper"):
+        config = PipelineConfig.from_preset(name)
+        for section in (config.vlm, config.instructor, config.grounding, config.diffusion):
+            assert section.revision == REVISIONS[section.model], (name, section.model)
+    from hf_unsafe2safe.editing.diffusion import EDITOR_DEFAULTS
+
+    for editor in ("instruct-pix2pix", "inpaint", "flowedit", "kontext", "qwen-image-edit"):
+        d = PipelineConfig.from_preset("fast", diffusion={"name": editor}).diffusion
+        assert d.revision == REVISIONS[d.model]
+        # another editor starts from its own defaults, not from the preset editor's settings
+        assert (d.steps, d.guidance_scale) == EDITOR_DEFAULTS[editor]
+    # another model without a revision does not inherit the preset's pin (it would name a commit of another repo)
+    own = PipelineConfig.from_preset("fast", vlm={"model": "/models/my-vlm"}, instructor={"model": "org/llm", "revision": "v1"}, diffusion={"model": "/models/ip2p"})
+    assert (own.vlm.revision, own.instructor.revision, own.diffusion.revision) == (None, "v1", None)
+    assert own.grounding.revision == REVISIONS["google/owlv2-base-patch16-ensemble"]
+    # the same model keeps its pin; a round trip through a dict keeps everything
+    same = PipelineConfig.from_preset("fast", vlm={"model": "Qwen/Qwen3-VL-2B-Instruct", "batch_size": 2})
+    assert same.vlm.revision == REVISIONS["Qwen/Qwen3-VL-2B-Instruct"]
+    assert PipelineConfig.from_dict(same.to_dict()) == same
+
+
 def test_importing_the_package_does_not_import_heavy_libraries():
     import subprocess
     import sys
