@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     vj.add_argument("--vlm-device", default=None, help="cpu or cuda:N (default: the first GPU if any, else cpu)")
     vj.add_argument("--vlm-dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="weights dtype (default: auto: bf16/fp16 on a GPU, fp32 on the CPU)")
     vj.add_argument("--vlm-max-side", type=int, default=448, help="longer side of each image shown to the judge (default: 448)")
+    vj.add_argument("--vlm-backend", default="transformers", choices=("transformers", "vllm"), help="engine of the judge: transformers (default) or vllm (the same prompts and parsing on a vLLM engine; needs the vllm package)")
     u = e.add_argument_group("utility (--metrics utility)")
     u.add_argument("--test", default=None, metavar="SOURCE", help="where the original test split lives (default: --original)")
     u.add_argument("--test-split", default="test", help="split of the original test data (default: test)")
@@ -368,7 +369,7 @@ def cmd_evaluate(args) -> int:
         lpips = LPIPSConfig(net=args.lpips_net, backbone=args.lpips_backbone, calibration=args.lpips_calibration)
         judge = None
         if args.vlm_model:
-            judge = VLMJudgeConfig(model=args.vlm_model, revision=args.vlm_revision, batch_size=args.vlm_batch_size, device=args.vlm_device, dtype=args.vlm_dtype, max_side=args.vlm_max_side)
+            judge = VLMJudgeConfig(model=args.vlm_model, revision=args.vlm_revision, batch_size=args.vlm_batch_size, device=args.vlm_device, dtype=args.vlm_dtype, max_side=args.vlm_max_side, backend=args.vlm_backend)
         if "utility" in metrics:
             utility = utility_config_from_args(args)
             test = load_source(args.test or args.original, args.test_split)

@@ -150,13 +150,17 @@ class ChatModelConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        _check(self.backend in CHAT_BACKENDS, f"{name}.backend", self.backend, f"one of {CHAT_BACKENDS}")
-        _check(isinstance(self.vllm_options, dict) and all(isinstance(k, str) for k in self.vllm_options), f"{name}.vllm_options", self.vllm_options, "a dict of vllm.LLM keyword arguments")
-        _check(not self.vllm_options or self.backend == "vllm", f"{name}.vllm_options", self.vllm_options, "{} unless backend is 'vllm'")
-        for key in self.vllm_options:
-            _check(key not in VLLM_RESERVED, f"{name}.vllm_options", key, f"none of {VLLM_RESERVED} (set by the config's own fields)")
-        _check(self.backend != "vllm" or self.attn_implementation is None, f"{name}.attn_implementation", self.attn_implementation, "None with backend 'vllm' (vLLM picks its attention kernels)")
+        check_chat_backend(type(self).__name__, self.backend, self.vllm_options, self.attn_implementation)
+
+
+def check_chat_backend(name: str, backend: str, vllm_options: dict, attn_implementation: str | None = None) -> None:
+    """Validation of a chat model's engine settings (Stage 1 models, the evaluation's judge)."""
+    _check(backend in CHAT_BACKENDS, f"{name}.backend", backend, f"one of {CHAT_BACKENDS}")
+    _check(isinstance(vllm_options, dict) and all(isinstance(k, str) for k in vllm_options), f"{name}.vllm_options", vllm_options, "a dict of vllm.LLM keyword arguments")
+    _check(not vllm_options or backend == "vllm", f"{name}.vllm_options", vllm_options, "{} unless backend is 'vllm'")
+    for key in vllm_options:
+        _check(key not in VLLM_RESERVED, f"{name}.vllm_options", key, f"none of {VLLM_RESERVED} (set by the config's own fields)")
+    _check(backend != "vllm" or attn_implementation is None, f"{name}.attn_implementation", attn_implementation, "None with backend 'vllm' (vLLM picks its attention kernels)")
 
 
 @dataclass

@@ -162,3 +162,36 @@ def test_a_prompt_longer_than_the_engine_holds_fails_its_batch_closed(tiny_paths
     for image, row in zip(out["image"], out[C.ANONYMIZATION]):
         assert row["status"] == C.STATUS_FALLBACK and image["bytes"] != plain
         assert "maximum context length" in row["error"]
+
+
+def test_judge_backend_validates_itself():
+    from hf_unsafe2safe.evaluation.judge import VLMJudgeConfig
+
+    with pytest.raises(ValueError, match="judge.backend"):
+        VLMJudgeConfig(model="m", backend="tgi")
+    with pytest.raises(ValueError, match="unless backend is 'vllm'"):
+        VLMJudgeConfig(model="m", vllm_options={"max_model_len": 4096})
+    assert VLMJudgeConfig(model="m", backend="vllm", vllm_options={"max_model_len": 4096}).backend == "vllm"
+
+
+@needs_vllm
+def test_vllm_judge_two_images_per_turn_equals_the_transformers_judge(tiny_paths):
+    from conftest import encode, image_dataset
+    from skimage import data
+
+    from hf_unsafe2safe.evaluation import evaluate
+    from hf_unsafe2safe.evaluation.judge import VLMJudgeConfig
+
+    rng = np.random.RandomState(0)
+    photos = [data.astronaut()[::8, ::8].copy(), data.chelsea()[::8, ::8].copy(), data.coffee()[::8, ::8].copy()]
+    noisy = [np.clip(p + rng.normal(0, 40, p.shape), 0, 255).astype(np.uint8) for p in photos]
+    original = image_dataset([encode(p, "PNG") for p in photos], name=["a", "b", "c"])
+    anonymized = image_dataset([encode(p, "PNG") for p in noisy], name=["a", "b", "c"]).add_column("privacy_flag", [True, False, True])
+    vlm, _ = tiny_paths
+    common = {"model": vlm, "device": "cpu", "dtype": "float32", "batch_size": 2, "max_side": 56, "score_max_new_tokens": 8, "race_max_new_tokens": 8}
+    ref = evaluate(original, anonymized, metrics=["vlm_score", "race"], judge=VLMJudgeConfig(**common)).metrics
+    got = evaluate(original, anonymized, metrics=["vlm_score", "race"], judge=VLMJudgeConfig(**common, backend="vllm", vllm_options=dict(ENGINE))).metrics
+    assert got["vlm_score_invalid_share"]["n"] == 2 and got["race_unparseable_share"]["n"] == 4
+    for name in ("vlm_score", "vlm_score_invalid_share", "race_unparseable_share", "race_entropy_anonymized"):
+        assert {k: v for k, v in got[name].items() if k != "invalid_examples"} == {k: v for k, v in ref[name].items() if k != "invalid_examples"}
+    assert got["vlm_score_invalid_share"]["invalid_examples"] == ref["vlm_score_invalid_share"]["invalid_examples"]

@@ -1,7 +1,7 @@
 """VLM judge metrics: VLMScore (the paper's 0-100 unlinkability rubric, original and anonymized side by side).
 
 The judge is any ``transformers`` image-text-to-text chat model (Hub id with a pinned revision, or a local
-folder), run through the project's ``ChatGenerator``: batched, greedy, loaded once and shared with the race
+folder), run through the project's ``ChatGenerator`` (or its vLLM twin): batched, greedy, loaded once and shared with the race
 question of the demographics metric. No VLM ships in a package, so offline the figures are ``unavailable``
 unless a local model is given. Answers are parsed robustly; an answer without a usable score is counted as
 invalid and reported, never guessed.
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import _check
+from ..config import _check, check_chat_backend
 from ..inspection.parsing import AnswerError, extract_json_object
 from .base import Pair, PairMetric, first_line, hub_model, mean_figure, ratio_figure
 
@@ -42,8 +42,12 @@ class VLMJudgeConfig:
     score_max_new_tokens: int = 24
     race_max_new_tokens: int = 96
     trust_remote_code: bool = False
+    # "transformers" or "vllm" (the same prompts and parsing on a vLLM engine; see VLLMChatGenerator)
+    backend: str = "transformers"
+    vllm_options: dict = field(default_factory=dict)  # extra vllm.LLM arguments, with backend "vllm" only
 
     def __post_init__(self) -> None:
+        check_chat_backend("judge", self.backend, self.vllm_options)
         _check(isinstance(self.model, str) and bool(self.model.strip()), "judge.model", self.model, "a Hub model id or a local folder")
         _check(self.dtype in DTYPES, "judge.dtype", self.dtype, f"one of {DTYPES}")
         _check(self.device is None or (isinstance(self.device, str) and bool(self.device)), "judge.device", self.device, "None, 'cpu' or 'cuda:N'")
@@ -69,11 +73,15 @@ class Judge:
     def generator(self):
         """The ChatGenerator, or None with ``self.error`` saying why."""
         if self._generator is None and self.error is None:
-            from ..inspection.vlm import ChatGenerator, pick_device
+            from ..inspection.vlm import ChatGenerator, VLLMChatGenerator, pick_device
 
             cfg = self.config
             try:
-                self._generator = ChatGenerator(cfg.model, cfg.revision, cfg.dtype, cfg.device or pick_device(), vision=True, trust_remote_code=cfg.trust_remote_code)
+                if cfg.backend == "vllm":
+                    # VLMScore shows the original and the anonymized image in one turn
+                    self._generator = VLLMChatGenerator(cfg.model, cfg.revision, cfg.dtype, cfg.device or pick_device(), True, cfg.trust_remote_code, cfg.vllm_options, images_per_prompt=2)
+                else:
+                    self._generator = ChatGenerator(cfg.model, cfg.revision, cfg.dtype, cfg.device or pick_device(), vision=True, trust_remote_code=cfg.trust_remote_code)
             except (OSError, ValueError, ImportError) as exc:  # not on disk / offline, unknown architecture, missing extra
                 self.error = f"VLM {cfg.model!r} could not be loaded ({first_line(exc)})"
         return self._generator

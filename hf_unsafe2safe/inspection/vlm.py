@@ -149,7 +149,7 @@ class VLLMChatGenerator:
     # diffusion editor share one GPU)
     GPU_MEMORY = {True: 0.35, False: 0.25}
 
-    def __init__(self, model_id: str, revision: str | None, dtype: str, device: str, vision: bool, trust_remote_code: bool = False, options: dict | None = None):
+    def __init__(self, model_id: str, revision: str | None, dtype: str, device: str, vision: bool, trust_remote_code: bool = False, options: dict | None = None, images_per_prompt: int = 1):
         import os
 
         if device.startswith("cuda:") and device != "cuda:0":
@@ -169,7 +169,7 @@ class VLLMChatGenerator:
         if device.startswith("cuda"):
             args.setdefault("gpu_memory_utilization", self.GPU_MEMORY[vision])
         if vision:
-            args.setdefault("limit_mm_per_prompt", {"image": 1})
+            args.setdefault("limit_mm_per_prompt", {"image": images_per_prompt})
         torch_dtype = pick_dtype(dtype, device)
         self.llm = vllm.LLM(
             model=model_id, tokenizer=model_id, revision=revision, tokenizer_revision=revision,
