@@ -15,6 +15,8 @@ _LAZY = {
     "summarize": ("pipeline", "summarize"),
     "load_source": ("pipeline", "load_source"),
     "write_preview": ("preview", "write_preview"),
+    "publish": ("hub", "publish"),
+    "publish_from_disk": ("hub", "publish_from_disk"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -185,6 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--output", "-o", default="unsafe2safe_demo", metavar="OUTPUT", help="output directory (default: ./unsafe2safe_demo)")
     _add_run_options(d)
+
+    pu = sub.add_parser(
+        "push",
+        help="publish an anonymized dataset to the Hugging Face Hub (private unless --public)",
+        description=(
+            "Push the dataset that `unsafe2safe anonymize` saved in DIR (every split: the safe images, the privacy "
+            "columns and the caption triplet) with its dataset card (README.md, with how to load it) and its run "
+            "record (unsafe2safe_run.json) to the dataset repository REPO_ID; `datasets.load_dataset(REPO_ID)` gives "
+            "the rows back. Refused before any upload: a folder that is not an anonymization output, one that still "
+            "holds the original images (--keep-original), rows whose status contradicts their flag, and an existing "
+            "repository of the other visibility. The preview (it shows the originals) is never uploaded."
+        ),
+    )
+    pu.add_argument("dir", metavar="DIR", help="a folder written by `unsafe2safe anonymize --output DIR`")
+    pu.add_argument("repo_id", metavar="REPO_ID", help="dataset repository, `name` (your namespace) or `org/name`; created if missing")
+    pu.add_argument("--public", action="store_true", help="make a new repository public (default: private); an existing one must already be public")
+    pu.add_argument("--without-private-captions", action="store_true", help="leave the private_caption column out (it describes what was removed; lite's holds the text read from the image)")
+    pu.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or the `hf auth login` token)")
+    pu.add_argument("--title", default=None, help="title of the dataset card (default: '<source> (anonymized)')")
+    pu.add_argument("--commit-message", default=None, help="commit message (default: names the package version and preset)")
+    pu.add_argument("--max-shard-size", default=None, help="largest parquet shard, e.g. 500MB (default: datasets' default)")
     return parser
 
 
@@ -391,10 +412,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from .hub import NotPublishable, publish_from_disk
+
+    if not os.path.isdir(args.dir):
+        raise SystemExit(f"error: {args.dir!r} is not a folder written by `unsafe2safe anonymize`")
+    try:
+        done = publish_from_disk(
+            args.dir, args.repo_id, private=not args.public, token=args.token, without_private_captions=args.without_private_captions,
+            title=args.title, commit_message=args.commit_message, max_shard_size=args.max_shard_size,
+        )
+    except NotPublishable as err:
+        raise SystemExit(f"error: {err}") from err
+    visibility = "private" if done.private else "public"
+    print(f"pushed {done.rows} rows to {done.url} ({visibility}); columns: {', '.join(done.columns)}")
+    print(f"load it with: datasets.load_dataset({done.repo_id!r})")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handler = {"anonymize": cmd_anonymize, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command]
+    handler = {"anonymize": cmd_anonymize, "evaluate": cmd_evaluate, "demo": cmd_demo, "push": cmd_push}[args.command]
     return handler(args)
 
 

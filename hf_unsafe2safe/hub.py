@@ -1,21 +1,32 @@
-"""Cards and run records that travel with anonymized data."""
+"""Cards and run records that travel with anonymized data, and publishing them to the Hugging Face Hub.
+
+``publish`` pushes an anonymized ``Dataset`` / ``DatasetDict`` (the image column, the privacy columns and the
+caption triplet) with its dataset card and run record to a dataset repository, private unless asked otherwise;
+``load_dataset(repo_id)`` gives the rows back. It fails closed: a dataset that is not an anonymization output,
+that still carries the original images, or whose statuses contradict its flags is refused before anything is
+uploaded, and an existing repository is never switched between private and public.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from importlib import resources
 
 from . import columns as C
 
+RUN_RECORD = "unsafe2safe_run.json"
+CARD = "README.md"
 
-def render_dataset_card(anonymize, source: str, summary: dict, title: str | None = None) -> str:
-    """The dataset card (README.md) of an anonymized dataset, from ``cards/dataset_card.md``."""
-    import jinja2
-    from huggingface_hub import DatasetCardData
 
-    template = resources.files("hf_unsafe2safe.cards").joinpath("dataset_card.md").read_text(encoding="utf-8")
-    state = anonymize.fingerprint_state()
-    # a DatasetDict summary is {split: summary}; the card shows the totals
+def run_record(anonymize, source: str, summary: dict) -> dict:
+    """What a run leaves beside its data: source, config, version, prompt/template hashes and the counts."""
+    return {"source": source, **anonymize.fingerprint_state(), "summary": summary}
+
+
+def total_summary(summary: dict) -> dict:
+    """A ``DatasetDict`` summary ({split: summary}) added up; a ``Dataset`` summary as it is."""
     parts = list(summary.values()) if "rows" not in summary else [summary]
     total = {
         "rows": sum(p["rows"] for p in parts),
@@ -26,9 +37,22 @@ def render_dataset_card(anonymize, source: str, summary: dict, title: str | None
     for p in parts:
         for cat, n in p["categories"].items():
             total["categories"][cat] = total["categories"].get(cat, 0) + n
+    return total
+
+
+def render_dataset_card(record: dict, title: str | None = None, repo_id: str | None = None, private_captions: bool = True) -> str:
+    """The dataset card (README.md) of an anonymized dataset from its run record (``run_record``), from
+    ``cards/dataset_card.md``; with ``repo_id`` it shows how to load the published dataset."""
+    import jinja2
+    from huggingface_hub import DatasetCardData
+
+    template = resources.files("hf_unsafe2safe.cards").joinpath("dataset_card.md").read_text(encoding="utf-8")
+    source = record["source"]
+    preset = record["config"]["preset"]
+    state = {k: v for k, v in record.items() if k not in ("source", "summary")}
     header = DatasetCardData(
         pretty_name=title or f"{source} (anonymized)",
-        tags=["privacy", "anonymization", "unsafe2safe", f"unsafe2safe-{state['config']['preset']}"],
+        tags=["privacy", "anonymization", "unsafe2safe", f"unsafe2safe-{preset}"],
         task_categories=None,
     ).to_yaml()
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -36,9 +60,121 @@ def render_dataset_card(anonymize, source: str, summary: dict, title: str | None
         yaml_header=header,
         title=title or f"{source} (anonymized)",
         source=source,
-        version=state["version"],
-        preset=state["config"]["preset"],
-        summary=total,
+        version=record["version"],
+        preset=preset,
+        summary=total_summary(record["summary"]),
         statuses=", ".join(C.STATUSES),
         config_json=json.dumps(state, indent=2, sort_keys=True),
+        repo_id=repo_id,
+        private_captions=private_captions,
     )
+
+
+class NotPublishable(ValueError):
+    """The dataset must not be published as it is; the message says why and what to do."""
+
+
+def check_publishable(dataset) -> None:
+    """Refuse (``NotPublishable``) what must not reach the Hub: not an anonymization output, the original images
+    still in it, or a flagged row whose status says it passed unchanged."""
+    import datasets
+
+    parts = dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]
+    for name, part in parts:
+        where = f"split {name!r}" if name else "the dataset"
+        missing = [c for c in C.ADDED_COLUMNS if c not in part.column_names]
+        if missing:
+            raise NotPublishable(f"{where} is not an anonymization output (no column {missing[0]!r}): anonymize it first (`unsafe2safe anonymize` or `ds.map(anonymize)`)")
+        if C.ORIGINAL_IMAGE in part.column_names:
+            raise NotPublishable(f"{where} still holds the source images in {C.ORIGINAL_IMAGE!r} (keep_original is for local review): remove it first, e.g. ds.remove_columns({C.ORIGINAL_IMAGE!r})")
+        table = part.select_columns([C.PRIVACY_FLAG, C.ANONYMIZATION])
+        offset = 0
+        for batch in table.iter(batch_size=1000):
+            for i, (flag, info) in enumerate(zip(batch[C.PRIVACY_FLAG], batch[C.ANONYMIZATION])):
+                status = (info or {}).get("status")
+                if status not in C.STATUSES:
+                    raise NotPublishable(f"row {offset + i} of {where} has no valid anonymization status ({status!r})")
+                if flag and status == C.STATUS_PASSED:
+                    raise NotPublishable(f"row {offset + i} of {where} is flagged but its status is 'passed' (the image would go out unchanged)")
+            offset += len(batch[C.PRIVACY_FLAG])
+
+
+@dataclass
+class Published:
+    repo_id: str
+    url: str
+    private: bool
+    rows: int
+    columns: list[str]
+
+
+def publish(
+    dataset,
+    repo_id: str,
+    anonymize=None,
+    *,
+    record: dict | None = None,
+    source: str | None = None,
+    private: bool = True,
+    token: str | None = None,
+    without_private_captions: bool = False,
+    title: str | None = None,
+    commit_message: str | None = None,
+    max_shard_size: str | int | None = None,
+) -> Published:
+    """Push an anonymized dataset, its card and its run record to the dataset repository ``repo_id``.
+
+    The run record comes from ``record`` (e.g. a saved ``unsafe2safe_run.json``) or from ``anonymize`` and
+    ``source`` (counts from the dataset itself). The repository is created private unless ``private=False``; an
+    existing one must already have the requested visibility. ``without_private_captions`` leaves out the
+    ``private_caption`` column (it describes what was removed; lite's holds the text read from the image).
+    """
+    import datasets
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .pipeline import summarize
+
+    if (anonymize is None) == (record is None):
+        raise ValueError("Got both or neither of `anonymize` and `record`; expected one: the transform that made the dataset, or its saved run record")
+    check_publishable(dataset)
+    if without_private_captions:
+        dataset = dataset.remove_columns(C.PRIVATE_CAPTION)
+    if record is None:
+        record = run_record(anonymize, source or "unknown source", summarize(dataset))
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    repo_id = url.repo_id
+    info = api.dataset_info(repo_id)
+    if bool(info.private) != private:
+        now, asked = ("private", "public") if info.private else ("public", "private")
+        raise NotPublishable(f"{repo_id} exists and is {now}; refusing to push a dataset meant to be {asked} to it (change its visibility on the Hub first, or push to another repository)")
+
+    card = render_dataset_card(record, title=title, repo_id=repo_id, private_captions=not without_private_captions)
+    message = commit_message or f"Anonymized with hf_unsafe2safe {record['version']} ({record['config']['preset']} preset)"
+    # the card first: push_to_hub keeps its text and adds the data files' metadata (configs, dataset_info) to it
+    api.create_commit(
+        repo_id,
+        repo_type="dataset",
+        operations=[
+            CommitOperationAdd(CARD, card.encode("utf-8")),
+            CommitOperationAdd(RUN_RECORD, json.dumps(record, indent=2, sort_keys=True).encode("utf-8")),
+        ],
+        commit_message=f"{message}: card and run record",
+    )
+    dataset.push_to_hub(repo_id, private=private, token=token, commit_message=message, max_shard_size=max_shard_size)
+    parts = list(dataset.values()) if isinstance(dataset, datasets.DatasetDict) else [dataset]
+    columns = list(parts[0].column_names) if parts else []
+    return Published(repo_id=repo_id, url=str(url), private=private, rows=sum(len(p) for p in parts), columns=columns)
+
+
+def publish_from_disk(path: str, repo_id: str, **kwargs) -> Published:
+    """``publish`` a folder written by ``unsafe2safe anonymize`` (``save_to_disk`` data + ``unsafe2safe_run.json``)."""
+    import datasets
+
+    record_path = os.path.join(path, RUN_RECORD)
+    if not os.path.isfile(record_path):
+        raise NotPublishable(f"{path!r} has no {RUN_RECORD}: it is not a folder written by `unsafe2safe anonymize`")
+    with open(record_path, encoding="utf-8") as f:
+        record = json.load(f)
+    return publish(datasets.load_from_disk(path), repo_id, record=record, **kwargs)

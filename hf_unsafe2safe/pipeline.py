@@ -242,14 +242,13 @@ def format_summary(summary: dict) -> str:
 def write_run_record(output_dir: str, anonymize: Unsafe2Safe, source: str, summary: dict) -> dict:
     """Next to the saved dataset: ``unsafe2safe_run.json`` (config, version, prompt hashes, counts) and a
     dataset card ``README.md``."""
-    from .hub import render_dataset_card
+    from .hub import CARD, RUN_RECORD, render_dataset_card, run_record
 
-    state = anonymize.fingerprint_state()
-    record = {"source": source, **state, "summary": summary}
-    run_path = os.path.join(output_dir, "unsafe2safe_run.json")
+    record = run_record(anonymize, source, summary)
+    run_path = os.path.join(output_dir, RUN_RECORD)
     with open(run_path, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)
-    card_path = os.path.join(output_dir, "README.md")
+    card_path = os.path.join(output_dir, CARD)
     with open(card_path, "w", encoding="utf-8") as f:
-        f.write(render_dataset_card(anonymize, source, summary))
+        f.write(render_dataset_card(record))
     return {"run": run_path, "card": card_path}
