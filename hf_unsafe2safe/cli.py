@@ -413,6 +413,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_push(args) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
     from .hub import NotPublishable, publish_from_disk
 
     if not os.path.isdir(args.dir):
@@ -424,6 +426,9 @@ def cmd_push(args) -> int:
         )
     except NotPublishable as err:
         raise SystemExit(f"error: {err}") from err
+    except HfHubHTTPError as err:  # no token, no write access, another namespace, the Hub down
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"error: the Hub refused the push to {args.repo_id!r}: {first_line}") from err
     visibility = "private" if done.private else "public"
     print(f"pushed {done.rows} rows to {done.url} ({visibility}); columns: {', '.join(done.columns)}")
     print(f"load it with: datasets.load_dataset({done.repo_id!r})")

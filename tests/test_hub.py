@@ -1,0 +1,218 @@
+"""Publishing to the Hub for real: `unsafe2safe push` / `hub.publish` against the loopback Hub server of
+tests/hub_server.py (HTTP on 127.0.0.1, auth and private repositories enforced), loaded back with
+`datasets.load_dataset` in fresh caches. The Hub clients run in subprocesses whose environment points
+huggingface_hub and datasets at the server before they are imported (this test process is offline)."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+datasets = pytest.importorskip("datasets")
+
+from conftest import encode, image_dataset  # noqa: E402
+
+from hf_unsafe2safe import columns as C  # noqa: E402
+from hf_unsafe2safe.hub import NotPublishable, check_publishable, publish  # noqa: E402
+
+USERS = {"alice": "hf_alice_token_1234", "bob": "hf_bob_token_5678"}
+
+
+# ---- what may be published (no server needed) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def safe(lite):
+    from skimage import data
+
+    from hf_unsafe2safe import anonymize_dataset
+
+    source = image_dataset([encode(data.astronaut()[::2, ::2]), encode(data.coffee()[::2, ::2]), b"junk"], name=["a", "b", "c"])
+    return anonymize_dataset(source, lite, batch_size=2)
+
+
+def test_only_a_complete_anonymization_output_is_publishable(safe, lite):
+    check_publishable(safe)  # flagged / passed / invalid rows, every one with its status
+    check_publishable(datasets.DatasetDict({"train": safe, "test": safe}))
+    with pytest.raises(NotPublishable, match="not an anonymization output"):
+        check_publishable(image_dataset([encode(np.zeros((8, 8, 3), np.uint8))]))
+    with pytest.raises(NotPublishable, match="original_image"):
+        check_publishable(safe.add_column(C.ORIGINAL_IMAGE, ["x"] * len(safe)))
+    flagged = safe[C.PRIVACY_FLAG].index(True)
+
+    def passed(row, i):
+        if i == flagged:
+            row[C.ANONYMIZATION] = dict(row[C.ANONYMIZATION], status=C.STATUS_PASSED)
+        return row
+
+    with pytest.raises(NotPublishable, match=f"row {flagged} .* flagged but its status is 'passed'"):
+        check_publishable(safe.map(passed, with_indices=True))
+    with pytest.raises(NotPublishable, match="split 'test'"):
+        check_publishable(datasets.DatasetDict({"train": safe, "test": safe.remove_columns(C.EDIT_INSTRUCTION)}))
+    with pytest.raises(ValueError, match="both or neither"):
+        publish(safe, "alice/x")
+    with pytest.raises(ValueError, match="both or neither"):
+        publish(safe, "alice/x", lite, record={})
+
+
+# ---- against the loopback Hub --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub():
+    from hub_server import start_hub
+
+    server = start_hub(USERS)
+    yield server
+    server.stop()
+
+
+def run_client(hub, user, tmp_path, code=None, args=None, check=True):
+    """Run a client in a subprocess with a fresh HF_HOME pointed at the server (user None: anonymous)."""
+    from hub_server import client_env
+
+    home = tmp_path / f"hf-home-{user}-{len(list(tmp_path.iterdir()))}"
+    env = client_env(hub.endpoint, USERS[user] if user else None, str(home))
+    cmd = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "hf_unsafe2safe.cli", *args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if check and out.returncode != 0:
+        raise AssertionError(f"client failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+LOAD = """
+import hashlib, json, sys
+import datasets
+from huggingface_hub import hf_hub_download
+repo = sys.argv[1] if len(sys.argv) > 1 else {repo!r}
+try:
+    ds = datasets.load_dataset(repo)
+except Exception as err:
+    print(json.dumps({{"error": type(err).__name__, "message": str(err)[:300]}}))
+    raise SystemExit(0)
+out = {{}}
+for split, part in ds.items():
+    part = part.cast_column("image", datasets.Image(decode=False))
+    out[split] = {{
+        "columns": part.column_names,
+        "images": [hashlib.sha256(im["bytes"]).hexdigest() if im else None for im in part["image"]],
+        "rows": [{{k: v for k, v in row.items() if k != "image"}} for row in part],
+    }}
+card = open(hf_hub_download(repo, "README.md", repo_type="dataset")).read()
+record = json.load(open(hf_hub_download(repo, "unsafe2safe_run.json", repo_type="dataset")))
+stream = datasets.load_dataset(repo, streaming=True)
+first = next(iter(stream[next(iter(stream))]))
+print(json.dumps({{"splits": out, "card": card, "record": record, "streamed_first_name": first.get("name")}}))
+"""
+
+
+def load_from_hub(hub, user, tmp_path, repo):
+    out = run_client(hub, user, tmp_path, LOAD.format(repo=repo))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def local_rows(path):
+    ds = datasets.load_from_disk(path)
+    parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [("train", ds)]
+    out = {}
+    for split, part in parts:
+        part = part.cast_column("image", datasets.Image(decode=False))
+        out[split] = {
+            "images": [hashlib.sha256(im["bytes"]).hexdigest() if im else None for im in part["image"]],
+            "rows": [{k: v for k, v in row.items() if k != "image"} for row in part],
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def anonymized(tmp_path_factory):
+    """`unsafe2safe anonymize` output with two splits (real photos, rendered text, junk bytes)."""
+    from skimage import data
+
+    from hf_unsafe2safe.cli import main
+    from hf_unsafe2safe.demo import build_demo_dataset
+
+    root = tmp_path_factory.mktemp("anonymized")
+    demo = build_demo_dataset()
+    extra = image_dataset([encode(data.chelsea()[::2, ::2]), b"junk"], name=["chelsea", "junk"])
+    source = datasets.DatasetDict({"train": demo.select(range(6)), "test": datasets.concatenate_datasets([demo.select(range(6, len(demo))), extra])})
+    source.save_to_disk(str(root / "source"))
+    assert main(["anonymize", str(root / "source"), "--output", str(root / "safe")]) == 0
+    assert main(["anonymize", str(root / "source"), "--output", str(root / "with-originals"), "--keep-original"]) == 0
+    return root
+
+
+def test_push_then_load_dataset_gives_every_row_back(hub, anonymized, tmp_path):
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/safe-demo"])
+    assert "private" in out.stdout and "load_dataset('alice/safe-demo')" in out.stdout
+    got = load_from_hub(hub, "alice", tmp_path, "alice/safe-demo")
+    want = local_rows(str(anonymized / "safe"))
+    assert set(got["splits"]) == {"train", "test"}
+    for split in ("train", "test"):
+        assert got["splits"][split]["images"] == want[split]["images"]  # the very bytes of every safe image
+        assert got["splits"][split]["rows"] == want[split]["rows"]  # statuses, flags, regions, triplets...
+        for column in (*C.TRIPLET_COLUMNS, C.ANONYMIZATION, C.PRIVACY_FLAG):
+            assert column in got["splits"][split]["columns"]
+    statuses = {r[C.ANONYMIZATION]["status"] for s in got["splits"].values() for r in s["rows"]}
+    assert {C.STATUS_EDITED, C.STATUS_PASSED, C.STATUS_INVALID} <= statuses  # every row accounted for, junk included
+    card = got["card"]
+    assert 'load_dataset("alice/safe-demo")' in card and "## What was done" in card and "unsafe2safe-lite" in card
+    assert "dataset_info" in card and "configs" in card  # datasets' metadata merged into our card
+    with open(anonymized / "safe" / "unsafe2safe_run.json") as f:
+        assert got["record"] == json.load(f)
+    assert got["streamed_first_name"] is not None
+
+
+def test_a_private_push_is_private(hub, anonymized, tmp_path):
+    run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/private-demo"])
+    for user in (None, "bob"):
+        got = load_from_hub(hub, user, tmp_path, "alice/private-demo")
+        assert "error" in got and "splits" not in got, (user, got)
+    # bob cannot write into alice's namespace either
+    out = run_client(hub, "bob", tmp_path, args=["push", str(anonymized / "safe"), "alice/bobs-attempt"], check=False)
+    assert out.returncode != 0 and "the Hub refused the push to 'alice/bobs-attempt'" in out.stderr and "403" in out.stderr
+
+
+def test_public_push_without_private_captions_loads_anonymously(hub, anonymized, tmp_path):
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/public-demo", "--public", "--without-private-captions"])
+    assert "(public)" in out.stdout
+    got = load_from_hub(hub, None, tmp_path, "alice/public-demo")
+    for split in got["splits"].values():
+        assert C.PRIVATE_CAPTION not in split["columns"] and C.PUBLIC_CAPTION in split["columns"]
+    assert "private caption of the triplet was left out" in got["card"]
+
+
+def test_refusals_upload_nothing(hub, anonymized, tmp_path):
+    check_exists = "import sys; from huggingface_hub import HfApi; print(HfApi().repo_exists(sys.argv[1], repo_type='dataset'))"
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "with-originals"), "alice/originals"], check=False)
+    assert out.returncode != 0 and "original_image" in out.stderr
+    exists = run_client(hub, "alice", tmp_path, code=check_exists.replace("sys.argv[1]", "'alice/originals'"))
+    assert exists.stdout.strip() == "False"
+    # a public repository is not pushed to as if it were private (the default), nor the other way round
+    run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/open", "--public"])
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/open"], check=False)
+    assert out.returncode != 0 and "exists and is public" in out.stderr
+    out = run_client(hub, "alice", tmp_path, args=["push", str(tmp_path), "alice/not-a-run"], check=False)
+    assert out.returncode != 0 and "unsafe2safe_run.json" in out.stderr
+
+
+def test_publish_from_python_after_map(hub, tmp_path):
+    code = """
+import json
+import numpy as np
+import datasets
+from skimage import data
+from hf_unsafe2safe import Unsafe2Safe, anonymize_dataset, publish
+from hf_unsafe2safe.demo import build_demo_dataset
+
+anonymize = Unsafe2Safe.from_preset("lite")
+safe = anonymize_dataset(build_demo_dataset().select(range(4)), anonymize, batch_size=4)
+done = publish(safe, "alice/from-python", anonymize, source="demo")
+back = datasets.load_dataset("alice/from-python", split="train", download_mode="force_redownload")
+print(json.dumps({"private": done.private, "rows": done.rows, "same": back.select_columns(["edit_instruction", "anonymization"]).to_list() == safe.select_columns(["edit_instruction", "anonymization"]).to_list()}))
+"""
+    got = json.loads(run_client(hub, "alice", tmp_path, code=code).stdout.strip().splitlines()[-1])
+    assert got == {"private": True, "rows": 4, "same": True}
