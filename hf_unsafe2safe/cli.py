@@ -206,6 +206,34 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--title", default=None, help="title of the dataset card (default: '<source> (anonymized)')")
     pu.add_argument("--commit-message", default=None, help="commit message (default: names the package version and preset)")
     pu.add_argument("--max-shard-size", default=None, help="largest parquet shard, e.g. 500MB (default: datasets' default)")
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune an InstructPix2Pix editor on the pairs of an anonymization run (--keep-original)",
+        description=(
+            "Fine-tune an InstructPix2Pix pipeline on DIR, a folder written by `unsafe2safe anonymize --keep-original`: "
+            "each flagged, edited row is a pair (source -> anonymized image, edit instruction; with --dual-prompt the "
+            "public caption as a second text window). Only the UNet learns. Runs on Accelerate (`accelerate launch -m "
+            "hf_unsafe2safe.cli finetune ...` for several GPUs). Writes a complete pipeline to OUTPUT, loadable with "
+            "--editor instruct-pix2pix --set diffusion.model=OUTPUT, plus unsafe2safe_finetune.json and loss.png."
+        ),
+    )
+    f.add_argument("dir", metavar="DIR", help="an anonymization output with the originals kept (save_to_disk folder)")
+    f.add_argument("--output", "-o", required=True, metavar="OUTPUT", help="folder that receives the fine-tuned pipeline")
+    f.add_argument("--split", default=None, help="split of DIR when it holds several (default: the only one)")
+    f.add_argument("--image-column", default="image", help="the anonymized image column (default: image)")
+    f.add_argument("--base", default="timbrooks/instruct-pix2pix", help="InstructPix2Pix pipeline to start from, Hub id or folder (default: timbrooks/instruct-pix2pix)")
+    f.add_argument("--revision", default=None, help="revision of --base on the Hub (default: the pinned one for the default base)")
+    f.add_argument("--dual-prompt", action="store_true", help="condition on [instruction ; public caption] (then edit with --set diffusion.dual_prompt=true)")
+    f.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
+    f.add_argument("--batch-size", type=int, default=4, help="pairs per step and process (default: 4)")
+    f.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    f.add_argument("--learning-rate", type=float, default=5e-5, help="AdamW learning rate (default: 5e-5)")
+    f.add_argument("--resolution", type=int, default=256, help="square training crops (default: 256)")
+    f.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="Accelerate mixed precision (default: no)")
+    f.add_argument("--held-out", type=int, default=8, help="pairs kept aside to measure the loss before and after (default: 8)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     return parser
 
 
@@ -435,10 +463,44 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    import datasets
+
+    from .config import REVISIONS
+    from .training.finetune import FinetuneConfig, finetune_editor
+
+    try:
+        data = datasets.load_from_disk(args.dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {args.dir!r} is not a save_to_disk folder of an anonymization run ({err})") from err
+    if isinstance(data, datasets.DatasetDict):
+        if args.split is None and len(data) != 1:
+            raise SystemExit(f"error: {args.dir!r} holds splits {list(data)}; choose one with --split")
+        data = data[args.split or next(iter(data))]
+    revision = args.revision if args.revision is not None else REVISIONS.get(args.base)
+    try:
+        config = FinetuneConfig(
+            base=args.base, revision=revision, dual_prompt=args.dual_prompt, steps=args.steps, batch_size=args.batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+            resolution=args.resolution, mixed_precision=args.mixed_precision, held_out=args.held_out, seed=args.seed, cpu=args.cpu,
+        )
+        result = finetune_editor(data, args.output, config, image_column=args.image_column)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    if result.processes > 1 and os.environ.get("RANK", "0") != "0":
+        return 0
+    print(f"fine-tuned on {result.rows} pairs ({result.held_out} held out) for {len(result.losses)} steps in {result.processes} process(es)")
+    if result.held_out_loss_before is not None:
+        print(f"held-out loss: {result.held_out_loss_before:.4f} before, {result.held_out_loss_after:.4f} after")
+    dual = " --set diffusion.dual_prompt=true" if args.dual_prompt else ""
+    print(f"saved: {args.output}; use it with: unsafe2safe anonymize SOURCE -o DIR --preset fast --editor instruct-pix2pix --set diffusion.model={args.output}{dual}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handler = {"anonymize": cmd_anonymize, "evaluate": cmd_evaluate, "demo": cmd_demo, "push": cmd_push}[args.command]
+    handler = {"anonymize": cmd_anonymize, "evaluate": cmd_evaluate, "demo": cmd_demo, "push": cmd_push, "finetune": cmd_finetune}[args.command]
     return handler(args)
 
 

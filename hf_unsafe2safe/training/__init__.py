@@ -1,0 +1,1 @@
+"""Fine-tuning editors on the triplets an anonymization run generated (``finetune.finetune_editor``)."""
