@@ -17,6 +17,8 @@ examples:
   unsafe2safe anonymize ./photos --output ./photos_safe --num-proc 2
   unsafe2safe anonymize user/dataset --split train --image-column img --output ./safe
   unsafe2safe anonymize ./saved_ds --output ./safe --detectors faces --set editor.strength=medium
+  unsafe2safe push ./photos_safe me/photos-safe                     # private repository
+  unsafe2safe finetune ./run_with_originals --output ./my-editor --dual-prompt
 """
 
 
