@@ -114,3 +114,24 @@ def test_fine_tune_from_the_command_line(pairs, base, tmp_path, capsys):
     with pytest.raises(SystemExit, match="--keep-original"):
         main(["finetune", str(plain), "--base", base, "--output", str(tmp_path / "x"), "--steps", "1"])
     assert not (tmp_path / "x").exists()
+
+
+def test_two_processes_under_torchrun_train_one_model(pairs, base, tmp_path):
+    """`finetune` under torchrun (2 CPU processes, gloo): Accelerate averages the gradients, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    pairs.save_to_disk(str(run))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", "-m", "hf_unsafe2safe.cli",
+        "finetune", str(run), "--base", base, "--output", str(tmp_path / "tuned"), "--steps", "3", "--resolution", "32",
+        "--batch-size", "2", "--held-out", "1", "--cpu",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("fine-tuned on") == 1  # one writer
+    record = json.loads((tmp_path / "tuned" / "unsafe2safe_finetune.json").read_text())
+    assert record["processes"] == 2 and len(record["losses"]) == 3 and (tmp_path / "tuned" / "unet").is_dir()
