@@ -112,11 +112,13 @@ class _Pairs:
         x = int(rng.integers(0, size[0] - self.resolution + 1))
         y = int(rng.integers(0, size[1] - self.resolution + 1))
         flip = self.flip and bool(rng.integers(0, 2))
+        from PIL import Image
+
         tensors = []
         for img in (source, target):
             img = img.resize(size).crop((x, y, x + self.resolution, y + self.resolution))
             if flip:
-                img = img.transpose(0)  # Image.Transpose.FLIP_LEFT_RIGHT
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             tensors.append(_to_tensor(img))
         return {"source": tensors[0], "target": tensors[1], "instruction": row[C.EDIT_INSTRUCTION], "caption": row[C.PUBLIC_CAPTION] or ""}
 
@@ -143,15 +145,14 @@ def _to_tensor(img):
 def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, *, image_column: str = "image", progress: bool = True) -> FinetuneResult:
     """Fine-tune ``config.base`` on the pairs of ``dataset`` (an anonymization output with originals kept) and
     save the pipeline to ``output``; see the module doc."""
+    import datasets
     import numpy as np
     import torch
     from accelerate import Accelerator
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from diffusers import DDPMScheduler, StableDiffusionInstructPix2PixPipeline
     from tqdm.auto import tqdm
 
     cfg = config or FinetuneConfig()
-    import datasets
-
     if image_column not in dataset.column_names:
         raise ValueError(f"Got {image_column!r} for `image_column`; the dataset's columns are {dataset.column_names}")
     rows = training_rows(dataset)
@@ -166,8 +167,6 @@ def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, 
     unet, vae, text_encoder, tokenizer, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     if unet.config.in_channels != 8:
         raise ValueError(f"{cfg.base!r} is not an InstructPix2Pix UNet (in_channels {unet.config.in_channels}, expected 8)")
-    from diffusers import DDPMScheduler
-
     # training noise follows the model's own noise schedule, whatever sampler it ships for inference
     noise_scheduler = DDPMScheduler.from_config(scheduler.config)
     device = accelerator.device
