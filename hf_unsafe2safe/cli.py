@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resolution", type=int, default=256, help="square training crops (default: 256)")
     f.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="Accelerate mixed precision (default: no)")
     f.add_argument("--held-out", type=int, default=8, help="pairs kept aside to measure the loss before and after (default: 8)")
+    f.add_argument("--samples", type=int, default=4, help="held-out pairs shown in OUTPUT/samples.png, edited by the base and the fine-tuned editor (default: 4; 0: none)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     return parser
@@ -485,6 +486,7 @@ def cmd_finetune(args) -> int:
             base=args.base, revision=revision, dual_prompt=args.dual_prompt, steps=args.steps, batch_size=args.batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
             resolution=args.resolution, mixed_precision=args.mixed_precision, held_out=args.held_out, seed=args.seed, cpu=args.cpu,
+            samples=args.samples,
         )
         result = finetune_editor(data, args.output, config, image_column=args.image_column)
     except ValueError as err:
@@ -494,6 +496,8 @@ def cmd_finetune(args) -> int:
     print(f"fine-tuned on {result.rows} pairs ({result.held_out} held out) for {len(result.losses)} steps in {result.processes} process(es)")
     if result.held_out_loss_before is not None:
         print(f"held-out loss: {result.held_out_loss_before:.4f} before, {result.held_out_loss_after:.4f} after")
+    if args.samples:
+        print(f"samples: {os.path.join(args.output, 'samples.png')} (source | the run's result | base editor | fine-tuned editor)")
     dual = " --set diffusion.dual_prompt=true" if args.dual_prompt else ""
     print(f"saved: {args.output}; use it with: unsafe2safe anonymize SOURCE -o DIR --preset fast --editor instruct-pix2pix --set diffusion.model={args.output}{dual}")
     return 0

@@ -107,3 +107,26 @@ def write_preview(original, anonymized, out_dir: str, image_column: str = "image
     png_path = os.path.join(out_dir, "preview.png")
     sheet.save(png_path)
     return {"html": html_path, "png": png_path}
+
+
+def contact_sheet(columns: list[tuple[str, list]], row_labels: list[str] | None = None):
+    """A PNG-ready sheet: one titled column per (title, images) pair, one row per image index, each row
+    captioned with its label (e.g. the instruction). Images are PIL (None: an empty cell)."""
+    from PIL import Image, ImageDraw
+
+    rows = max((len(images) for _, images in columns), default=0)
+    gap, title_h, label_h = 8, 18, 16
+    cells = [[_thumb(images[i] if i < len(images) else None) for _, images in columns] for i in range(rows)]
+    heights = [max(c.height for c in row) + label_h + gap for row in cells]
+    sheet = Image.new("RGB", (len(columns) * (THUMB + gap) + gap, title_h + sum(heights) + gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (title, _) in enumerate(columns):
+        draw.text((gap + j * (THUMB + gap), 4), title, fill=(0, 0, 0))
+    y = title_h
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            sheet.paste(cell, (gap + j * (THUMB + gap), y))
+        if row_labels:
+            draw.text((gap, y + heights[i] - label_h - gap + 2), row_labels[i][:160], fill=(60, 60, 60))
+        y += heights[i]
+    return sheet

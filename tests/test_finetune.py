@@ -76,6 +76,13 @@ def test_fine_tuning_lowers_the_held_out_loss_and_the_result_edits(pairs, base, 
     record = json.loads((out / "unsafe2safe_finetune.json").read_text())
     assert record["use_with"]["diffusion"] == {"name": "instruct-pix2pix", "model": str(out), "dual_prompt": True}
     assert record["held_out_loss_after"] == result.held_out_loss_after and (out / "loss.png").stat().st_size > 0
+    # samples.png: the held-out pairs, 4 columns (source, the run's result, base editor, fine-tuned editor)
+    from PIL import Image
+
+    assert record["samples"]["held_out"] and len(record["samples"]["rows"]) == 2
+    assert set(record["samples"]["rows"]) <= set(training_rows(pairs))
+    sheet = Image.open(out / "samples.png")
+    assert sheet.width > 4 * 320 and sheet.height > 2 * 100
     # the saved folder is a complete pipeline the editor loads, with the dual prompt it was trained for
     editor = InstructPix2PixEditor(DiffusionEditorConfig(model=str(out), dual_prompt=True, steps=2, max_side=64, batch_size=2), "cpu")
     images = [pairs[i][C.ORIGINAL_IMAGE] for i in training_rows(pairs)[:2]]
@@ -92,7 +99,7 @@ def test_same_seed_same_weights(pairs, base, tmp_path):
 
     runs = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        result = finetune_editor(pairs, str(tmp_path / name), _config(base, steps=3, held_out=0, seed=seed), progress=False)
+        result = finetune_editor(pairs, str(tmp_path / name), _config(base, steps=3, held_out=0, seed=seed, samples=0), progress=False)
         runs.append((result.losses, UNet2DConditionModel.from_pretrained(str(tmp_path / name / "unet"))))
     (loss_a, unet_a), (loss_b, unet_b), (loss_c, unet_c) = runs
     assert loss_a == loss_b and all(torch.equal(x, y) for x, y in zip(unet_a.parameters(), unet_b.parameters()))
@@ -105,10 +112,10 @@ def test_fine_tune_from_the_command_line(pairs, base, tmp_path, capsys):
     run = tmp_path / "run"
     pairs.save_to_disk(str(run))
     out = tmp_path / "cli-tuned"
-    assert main(["finetune", str(run), "--base", base, "--output", str(out), "--steps", "2", "--resolution", "32", "--batch-size", "2", "--held-out", "1"]) == 0
+    assert main(["finetune", str(run), "--base", base, "--output", str(out), "--steps", "2", "--resolution", "32", "--batch-size", "2", "--held-out", "1", "--samples", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "held-out loss" in printed and "--set diffusion.model=" in printed
-    assert (out / "model_index.json").exists()
+    assert "held-out loss" in printed and "--set diffusion.model=" in printed and "samples.png" in printed
+    assert (out / "model_index.json").exists() and (out / "samples.png").exists()
     plain = tmp_path / "plain"
     datasets.load_from_disk(str(run)).remove_columns(C.ORIGINAL_IMAGE).save_to_disk(str(plain))
     with pytest.raises(SystemExit, match="--keep-original"):
@@ -127,7 +134,7 @@ def test_two_processes_under_torchrun_train_one_model(pairs, base, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", "-m", "hf_unsafe2safe.cli",
         "finetune", str(run), "--base", base, "--output", str(tmp_path / "tuned"), "--steps", "3", "--resolution", "32",
-        "--batch-size", "2", "--held-out", "1", "--cpu",
+        "--batch-size", "2", "--held-out", "1", "--cpu", "--samples", "0",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

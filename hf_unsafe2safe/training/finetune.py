@@ -51,11 +51,16 @@ class FinetuneConfig:
     seed: int = 0
     cpu: bool = False  # force the CPU even with a GPU
     log_every: int = 10
+    # samples.png: this many held-out pairs (training pairs without a held-out set) edited by the base and the
+    # fine-tuned editor next to the source and the run's own result; 0 = none
+    samples: int = 4
+    sample_steps: int = 20
 
     def __post_init__(self) -> None:
         _check(isinstance(self.base, str) and bool(self.base), "finetune.base", self.base, "an InstructPix2Pix pipeline id or folder")
         _check(isinstance(self.resolution, int) and self.resolution >= 16 and self.resolution % 8 == 0, "finetune.resolution", self.resolution, "a multiple of 8, >= 16")
-        for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every"):
+        _check(isinstance(self.samples, int) and self.samples >= 0, "finetune.samples", self.samples, "an int >= 0")
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every", "sample_steps"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"finetune.{name}", getattr(self, name), "an int >= 1")
         _check(isinstance(self.held_out, int) and self.held_out >= 0, "finetune.held_out", self.held_out, "an int >= 0")
         _check(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.steps, "finetune.warmup_steps", self.warmup_steps, f"an int in [0, steps={self.steps}]")
@@ -271,11 +276,38 @@ def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, 
             "losses": losses, "held_out_loss_before": before, "held_out_loss_after": after, "processes": accelerator.num_processes,
             "use_with": {"diffusion": {"name": "instruct-pix2pix", "model": os.path.abspath(output), "dual_prompt": cfg.dual_prompt}},
         }
+        _plot_losses(losses, before, after, os.path.join(output, "loss.png"))
+        if cfg.samples:
+            accelerator.free_memory()  # drop the finished optimizer state before two editors load
+            shown = (held or train)[: cfg.samples]
+            record["samples"] = {"file": "samples.png", "rows": shown, "held_out": bool(held)}
+            _write_samples(dataset, shown, image_column, cfg, output, str(device))
         with open(os.path.join(output, RECORD), "w") as f:
             json.dump(record, f, indent=2)
-        _plot_losses(losses, before, after, os.path.join(output, "loss.png"))
     accelerator.wait_for_everyone()
     return FinetuneResult(output, len(train), len(held), losses, before, after, accelerator.num_processes)
+
+
+def _write_samples(dataset, rows: list[int], image_column: str, cfg: FinetuneConfig, output: str, device: str) -> None:
+    """samples.png: source | the run's result | the base editor's edit | the fine-tuned editor's edit, per pair,
+    through the project's own editor (the base with its single prompt, the result as it was trained)."""
+    from ..config import DiffusionEditorConfig
+    from ..editing.diffusion import InstructPix2PixEditor
+    from ..preview import contact_sheet
+
+    picked = [dataset[r] for r in rows]
+    sources = [_Pairs._open(row[C.ORIGINAL_IMAGE]) for row in picked]
+    targets = [_Pairs._open(row[image_column]) for row in picked]
+    instructions = [row[C.EDIT_INSTRUCTION] for row in picked]
+    captions = [row[C.PUBLIC_CAPTION] or "" for row in picked]
+    columns = [("source (private)", sources), ("the run's result", targets)]
+    for title, model, revision, dual in (("base editor", cfg.base, cfg.revision, False), ("fine-tuned editor", output, None, cfg.dual_prompt)):
+        config = DiffusionEditorConfig(model=model, revision=revision, dual_prompt=dual, steps=cfg.sample_steps, max_side=max(64, cfg.resolution), batch_size=len(rows), leak_check=False)
+        editor = InstructPix2PixEditor(config, device)
+        edited = editor.edit(sources, instructions, seeds=[cfg.seed + i for i in range(len(rows))], captions=captions if dual else None)
+        columns.append((title, edited))
+        del editor
+    contact_sheet(columns, instructions).save(os.path.join(output, "samples.png"))
 
 
 def _plot_losses(losses: list[float], before: float | None, after: float | None, path: str) -> None:
@@ -290,7 +322,7 @@ def _plot_losses(losses: list[float], before: float | None, after: float | None,
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(1, len(losses) + 1), losses, color="0.7", lw=0.8, label="training loss")
     window = max(1, len(losses) // 20)
-    if len(losses) >= window:
+    if window > 1:
         running = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
         ax.plot(range(1, len(losses) + 1), running, color="C0", label=f"running mean ({window})")
     if before is not None and after is not None and not (math.isnan(before) or math.isnan(after)):
