@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--title", default=None, help="title of the dataset card (default: '<source> (anonymized)')")
     pu.add_argument("--commit-message", default=None, help="commit message (default: names the package version and preset)")
     pu.add_argument("--max-shard-size", default=None, help="largest parquet shard, e.g. 500MB (default: datasets' default)")
+    pu.add_argument("--report", default=None, metavar="REPORT", help="a folder written by `unsafe2safe evaluate --report REPORT`: its figures go into the card (numbers only; its thumbnails and per-pair files show the originals and are not uploaded)")
 
     f = sub.add_parser(
         "finetune",
@@ -453,7 +454,7 @@ def cmd_push(args) -> int:
     try:
         done = publish_from_disk(
             args.dir, args.repo_id, private=not args.public, token=args.token, without_private_captions=args.without_private_captions,
-            title=args.title, commit_message=args.commit_message, max_shard_size=args.max_shard_size,
+            title=args.title, commit_message=args.commit_message, max_shard_size=args.max_shard_size, report_dir=args.report,
         )
     except NotPublishable as err:
         raise SystemExit(f"error: {err}") from err

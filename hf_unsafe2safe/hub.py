@@ -40,9 +40,28 @@ def total_summary(summary: dict) -> dict:
     return total
 
 
-def render_dataset_card(record: dict, title: str | None = None, repo_id: str | None = None, private_captions: bool = True) -> str:
+def evaluation_rows(report: dict) -> list[dict]:
+    """The figures of an evaluation report (``report.json`` of ``unsafe2safe evaluate``) as card rows: name,
+    value, interval, n, definition. Numbers only: no per-pair values, thumbnails or model answers, which
+    describe the private originals."""
+    rows = []
+    for name, m in report.get("metrics", {}).items():
+        value = m.get("value")
+        if m.get("unavailable"):
+            shown = "unavailable"
+        elif value is None:
+            shown = "n/a"
+        else:
+            shown = f"{value:.4f}"
+        ci = m.get("ci95")
+        rows.append({"name": name, "value": shown, "ci95": "-" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]", "n": m.get("n", 0), "definition": m.get("definition", "")})
+    return rows
+
+
+def render_dataset_card(record: dict, title: str | None = None, repo_id: str | None = None, private_captions: bool = True, report: dict | None = None) -> str:
     """The dataset card (README.md) of an anonymized dataset from its run record (``run_record``), from
-    ``cards/dataset_card.md``; with ``repo_id`` it shows how to load the published dataset."""
+    ``cards/dataset_card.md``; with ``repo_id`` it shows how to load the published dataset, with ``report``
+    (an evaluation's ``report.json``) the figures measured on it."""
     import jinja2
     from huggingface_hub import DatasetCardData
 
@@ -67,6 +86,8 @@ def render_dataset_card(record: dict, title: str | None = None, repo_id: str | N
         config_json=json.dumps(state, indent=2, sort_keys=True),
         repo_id=repo_id,
         private_captions=private_captions,
+        evaluation=evaluation_rows(report) if report else [],
+        evaluated_pairs=(report or {}).get("pairs", 0),
     )
 
 
@@ -121,6 +142,7 @@ def publish(
     title: str | None = None,
     commit_message: str | None = None,
     max_shard_size: str | int | None = None,
+    report: dict | None = None,
 ) -> Published:
     """Push an anonymized dataset, its card and its run record to the dataset repository ``repo_id``.
 
@@ -128,6 +150,7 @@ def publish(
     ``source`` (counts from the dataset itself). The repository is created private unless ``private=False``; an
     existing one must already have the requested visibility. ``without_private_captions`` leaves out the
     ``private_caption`` column (it describes what was removed; lite's holds the text read from the image).
+    ``report`` (an evaluation's ``report.json``, loaded) adds its figures to the card, numbers only.
     """
     import datasets
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -150,7 +173,7 @@ def publish(
         now, asked = ("private", "public") if info.private else ("public", "private")
         raise NotPublishable(f"{repo_id} exists and is {now}; refusing to push a dataset meant to be {asked} to it (change its visibility on the Hub first, or push to another repository)")
 
-    card = render_dataset_card(record, title=title, repo_id=repo_id, private_captions=not without_private_captions)
+    card = render_dataset_card(record, title=title, repo_id=repo_id, private_captions=not without_private_captions, report=report)
     message = commit_message or f"Anonymized with hf_unsafe2safe {record['version']} ({record['config']['preset']} preset)"
     # the card first: push_to_hub keeps its text and adds the data files' metadata (configs, dataset_info) to it
     api.create_commit(
@@ -168,9 +191,17 @@ def publish(
     return Published(repo_id=repo_id, url=str(url), private=private, rows=sum(len(p) for p in parts), columns=columns)
 
 
-def publish_from_disk(path: str, repo_id: str, **kwargs) -> Published:
-    """``publish`` a folder written by ``unsafe2safe anonymize`` (``save_to_disk`` data + ``unsafe2safe_run.json``)."""
+def publish_from_disk(path: str, repo_id: str, report_dir: str | None = None, **kwargs) -> Published:
+    """``publish`` a folder written by ``unsafe2safe anonymize`` (``save_to_disk`` data + ``unsafe2safe_run.json``),
+    with the figures of ``report_dir`` (written by ``unsafe2safe evaluate``) in the card when given."""
     import datasets
+
+    if report_dir is not None:
+        report_path = os.path.join(report_dir, "report.json")
+        if not os.path.isfile(report_path):
+            raise NotPublishable(f"{report_dir!r} has no report.json: it is not a folder written by `unsafe2safe evaluate --report`")
+        with open(report_path, encoding="utf-8") as f:
+            kwargs["report"] = json.load(f)
 
     record_path = os.path.join(path, RUN_RECORD)
     if not os.path.isfile(record_path):

@@ -216,3 +216,21 @@ print(json.dumps({"private": done.private, "rows": done.rows, "same": back.selec
 """
     got = json.loads(run_client(hub, "alice", tmp_path, code=code).stdout.strip().splitlines()[-1])
     assert got == {"private": True, "rows": 4, "same": True}
+
+
+def test_the_card_carries_the_evaluation_figures_and_nothing_private(hub, anonymized, tmp_path):
+    from hf_unsafe2safe.cli import main
+
+    report = tmp_path / "report"
+    assert main(["evaluate", "--original", str(anonymized / "source"), "--anonymized", str(anonymized / "safe"), "--split", "train", "--metrics", "cheating", "--report", str(report)]) == 0
+    figures = json.loads((report / "report.json").read_text())["metrics"]
+    run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/measured", "--report", str(report)])
+    card = load_from_hub(hub, "alice", tmp_path, "alice/measured")["card"]
+    assert "## Measured" in card and f"on {json.loads((report / 'report.json').read_text())['pairs']} pairs" in card
+    for name, m in figures.items():
+        if m["value"] is not None:
+            assert f"| {name} | {m['value']:.4f} |" in card
+    files = run_client(hub, "alice", tmp_path, code="from huggingface_hub import HfApi; print(sorted(HfApi().list_repo_files('alice/measured', repo_type='dataset')))").stdout
+    assert "worst_" not in files and "report" not in files and ".png" not in files  # numbers only, never thumbnails
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/measured", "--report", str(tmp_path)], check=False)
+    assert out.returncode != 0 and "report.json" in out.stderr
