@@ -227,20 +227,28 @@ class InpaintEditor(InstructPix2PixEditor):
         ).images
 
 
-class KontextEditor(InstructPix2PixEditor):
+class _PackedLatentEditor(InstructPix2PixEditor):
+    """Editors whose diffusers pipeline loads with no extra arguments and packs its latents 2x2 (FLUX Kontext,
+    Qwen-Image-Edit): the pipeline class is named by ``pipeline_class``."""
+
+    pipeline_class = ""
+
+    def load_pipeline(self, config, dtype):
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class).from_pretrained(config.model, revision=config.revision, dtype=dtype)
+
+    def size_multiple(self) -> int:
+        return self.pipe.vae_scale_factor * 2  # latents are packed 2x2
+
+
+class KontextEditor(_PackedLatentEditor):
     """``FluxKontextPipeline`` (FLUX.1 Kontext): an in-context instruction editor on a rectified-flow
     transformer; text = the edit instruction, the source image is the context. Kontext's own snapping to its
     preferred resolutions is off: the working size follows the source's aspect ratio like every editor here."""
 
     name = "kontext"
-
-    def load_pipeline(self, config, dtype):
-        from diffusers import FluxKontextPipeline
-
-        return FluxKontextPipeline.from_pretrained(config.model, revision=config.revision, dtype=dtype)
-
-    def size_multiple(self) -> int:
-        return self.pipe.vae_scale_factor * 2  # latents are packed 2x2
+    pipeline_class = "FluxKontextPipeline"
 
     def _call(self, prompts, images, masks, size, generators, sources, captions):
         return self.pipe(
@@ -256,7 +264,7 @@ class KontextEditor(InstructPix2PixEditor):
         ).images
 
 
-class QwenImageEditEditor(InstructPix2PixEditor):
+class QwenImageEditEditor(_PackedLatentEditor):
     """``QwenImageEditPipeline`` (Qwen-Image-Edit): an MMDiT instruction editor whose prompt is encoded by
     Qwen2.5-VL together with the source image; text = the edit instruction. The output is generated at the working
     size; guidance is true classifier-free guidance (``true_cfg_scale`` = ``diffusion.guidance_scale``, against the
@@ -275,14 +283,7 @@ class QwenImageEditEditor(InstructPix2PixEditor):
     that a row gives the same output alone or in a batch)."""
 
     name = "qwen-image-edit"
-
-    def load_pipeline(self, config, dtype):
-        from diffusers import QwenImageEditPipeline
-
-        return QwenImageEditPipeline.from_pretrained(config.model, revision=config.revision, dtype=dtype)
-
-    def size_multiple(self) -> int:
-        return self.pipe.vae_scale_factor * 2  # latents are packed 2x2
+    pipeline_class = "QwenImageEditPipeline"
 
     def _call(self, prompts, images, masks, size, generators, sources, captions):
         guided = self.config.guidance_scale > 1
