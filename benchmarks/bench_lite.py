@@ -141,7 +141,8 @@ def embedded_dataset(paths: list[Path], rows: int):
 def child(args) -> None:
     """One whole-process run: what a user's script does. The parent times the process."""
     from hf_unsafe2safe import Unsafe2Safe
-    from hf_unsafe2safe.pipeline import anonymize_dataset, load_source, summarize
+    from hf_unsafe2safe.pipeline import anonymize_dataset, summarize
+    from hf_unsafe2safe.sources import load_source
 
     overrides = json.loads(json.dumps(MODES[args.child]))
     if args.num_threads is not None:
@@ -503,7 +504,7 @@ def main() -> None:
     datasets.disable_caching()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    from hf_unsafe2safe.pipeline import load_source
+    from hf_unsafe2safe.sources import load_source
 
     # 2b. steady state in one process
     if "steady" not in skip:

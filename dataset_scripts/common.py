@@ -39,7 +39,8 @@ def parser(spec: DatasetSpec) -> argparse.ArgumentParser:
 
 def run(spec: DatasetSpec, argv=None) -> dict:
     from hf_unsafe2safe import Unsafe2Safe
-    from hf_unsafe2safe.pipeline import anonymize_to_disk, format_summary, load_source, summarize, write_run_record
+    from hf_unsafe2safe.pipeline import anonymize_to_disk, format_summary, summarize, write_run_record
+    from hf_unsafe2safe.sources import load_source
 
     args = parser(spec).parse_args(argv)
     anonymize = Unsafe2Safe.from_preset(args.preset, image_column=spec.image_column)

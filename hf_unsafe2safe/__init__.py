@@ -13,7 +13,7 @@ _LAZY = {
     "anonymize_dataset": ("pipeline", "anonymize_dataset"),
     "anonymize_to_disk": ("pipeline", "anonymize_to_disk"),
     "summarize": ("pipeline", "summarize"),
-    "load_source": ("pipeline", "load_source"),
+    "load_source": ("sources", "load_source"),
     "write_preview": ("preview", "write_preview"),
     "publish": ("hub", "publish"),
     "publish_from_disk": ("hub", "publish_from_disk"),

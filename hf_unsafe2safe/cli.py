@@ -22,10 +22,21 @@ examples:
 """
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (a batch of 0 rows or 0 processes is a mistake, not a default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="lite", choices=sorted(PRESETS), help="configuration preset (default: lite, the embedded CPU default that downloads nothing)")
-    p.add_argument("--batch-size", type=int, default=16, help="rows per map batch (default: 16)")
-    p.add_argument("--num-proc", type=int, default=1, help="worker processes for datasets.map (default: 1; 2 uses both cores of a 2-core machine)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="rows per map batch (default: 16; a batch is also cut so that its images hold at most max_image_batch_pixels pixels)")
+    p.add_argument("--num-proc", type=positive_int, default=1, help="worker processes for datasets.map (default: 1; 2 uses both cores of a 2-core machine)")
     p.add_argument("--seed", type=int, default=0, help="global seed; each row's seed derives from it and the image content (default: 0)")
     p.add_argument(
         "--editor",
@@ -96,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--preview", default=None, metavar="PREVIEW_DIR", help="also write a before/after preview (preview.html, preview.png) here; it shows the private originals, keep it local")
     a.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (it is replaced once the new result is complete)")
     a.add_argument(
-        "--chunk-rows", type=int, default=2000,
+        "--chunk-rows", type=positive_int, default=2000,
         help="rows per saved chunk (default: 2000): finished chunks are kept in DIR.parts/ and a rerun with the same settings resumes after a crash",
     )
     _add_run_options(a)
@@ -153,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     vj = e.add_argument_group("VLM judge (VLMScore and the race question of demographics; none ships offline)")
     vj.add_argument("--vlm-model", default=None, metavar="ID_OR_PATH", help="image-text-to-text chat model, Hub id or local folder (the paper: InternVL3.5-8B); without it vlm_score and race are unavailable")
     vj.add_argument("--vlm-revision", default=None, help="revision of the VLM on the Hub (pin it)")
-    vj.add_argument("--vlm-batch-size", type=int, default=4, help="conversations per generate call (default: 4)")
+    vj.add_argument("--vlm-batch-size", type=positive_int, default=4, help="conversations per generate call (default: 4)")
     vj.add_argument("--vlm-device", default=None, help="cpu or cuda:N (default: the first GPU if any, else cpu)")
     vj.add_argument("--vlm-dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="weights dtype (default: auto: bf16/fp16 on a GPU, fp32 on the CPU)")
-    vj.add_argument("--vlm-max-side", type=int, default=448, help="longer side of each image shown to the judge (default: 448)")
+    vj.add_argument("--vlm-max-side", type=positive_int, default=448, help="longer side of each image shown to the judge (default: 448)")
     vj.add_argument("--vlm-backend", default="transformers", choices=("transformers", "vllm"), help="engine of the judge: transformers (default) or vllm (the same prompts and parsing on a vLLM engine; needs the vllm package)")
     u = e.add_argument_group("utility (--metrics utility)")
     u.add_argument("--test", default=None, metavar="SOURCE", help="where the original test split lives (default: --original)")
@@ -166,12 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--utility-backbone", default=None, metavar="ID_OR_PATH", help="transformers vision model, Hub id or local path (default: builtin:vit-tiny, a small random-init ViT trained from scratch, offline)")
     u.add_argument("--utility-revision", default=None, help="revision of the backbone on the Hub")
     u.add_argument("--utility-mode", default=None, choices=("linear-probe", "fine-tune"), help="linear-probe: frozen backbone, features cached, linear head trained; fine-tune: whole model (default: fine-tune)")
-    u.add_argument("--utility-epochs", type=int, default=None, help="training epochs (default: 10)")
-    u.add_argument("--utility-batch-size", type=int, default=None, help="batch size (default: 32)")
+    u.add_argument("--utility-epochs", type=positive_int, default=None, help="training epochs (default: 10)")
+    u.add_argument("--utility-batch-size", type=positive_int, default=None, help="batch size (default: 32)")
     u.add_argument("--utility-lr", type=float, default=None, help="AdamW learning rate (default: 1e-3 fine-tune, 1e-2 linear-probe)")
-    u.add_argument("--utility-image-size", type=int, default=None, help="input side in pixels (default: the backbone's own)")
-    u.add_argument("--utility-max-train-samples", type=int, default=None, help="train on a seeded subset of this many pairs (the same rows for both runs)")
-    u.add_argument("--utility-max-test-samples", type=int, default=None, help="test on a seeded subset of this many rows")
+    u.add_argument("--utility-image-size", type=positive_int, default=None, help="input side in pixels (default: the backbone's own)")
+    u.add_argument("--utility-max-train-samples", type=positive_int, default=None, help="train on a seeded subset of this many pairs (the same rows for both runs)")
+    u.add_argument("--utility-max-test-samples", type=positive_int, default=None, help="test on a seeded subset of this many rows")
     u.add_argument("--utility-failed-rows", default=None, choices=("drop", "blank"), help="anonymized rows with status failed / invalid_input: drop them from the anonymized run, or keep them as grey images (default: drop; counted either way)")
     u.add_argument("--utility-mixed-precision", default=None, choices=("no", "fp16", "bf16"), help="mixed precision on a GPU (default: no)")
     u.add_argument("--utility-cpu", action="store_true", help="train on the CPU even where a GPU exists; needed for multi-process CPU training under torchrun / accelerate launch")
@@ -228,11 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--base", default="timbrooks/instruct-pix2pix", help="InstructPix2Pix pipeline to start from, Hub id or folder (default: timbrooks/instruct-pix2pix)")
     f.add_argument("--revision", default=None, help="revision of --base on the Hub (default: the pinned one for the default base)")
     f.add_argument("--dual-prompt", action="store_true", help="condition on [instruction ; public caption] (then edit with --set diffusion.dual_prompt=true)")
-    f.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
-    f.add_argument("--batch-size", type=int, default=4, help="pairs per step and process (default: 4)")
-    f.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    f.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps (default: 1000)")
+    f.add_argument("--batch-size", type=positive_int, default=4, help="pairs per step and process (default: 4)")
+    f.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
     f.add_argument("--learning-rate", type=float, default=5e-5, help="AdamW learning rate (default: 5e-5)")
-    f.add_argument("--resolution", type=int, default=256, help="square training crops (default: 256)")
+    f.add_argument("--resolution", type=positive_int, default=256, help="square training crops (default: 256)")
     f.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="Accelerate mixed precision (default: no)")
     f.add_argument("--held-out", type=int, default=8, help="pairs kept aside to measure the loss before and after (default: 8)")
     f.add_argument("--samples", type=int, default=4, help="held-out pairs shown in OUTPUT/samples.png, edited by the base and the fine-tuned editor (default: 4; 0: none)")
@@ -284,6 +295,13 @@ def config_from_args(args, image_column: str):
         raise SystemExit(f"error: {err}") from err
 
 
+def _message(err: BaseException) -> str:
+    """An exception's first line, for a one-line CLI error (``KeyError`` without its quotes)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = text.strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _load_models(anonymize, args, rank: int | None = None) -> None:
     """In a single process, load every model before the first row, so a wrong id fails at once and clearly
     (worker processes of --num-proc load their own copies); under torchrun / accelerate launch, on this
@@ -293,8 +311,7 @@ def _load_models(anonymize, args, rank: int | None = None) -> None:
     try:
         anonymize.load(rank)
     except (OSError, ValueError, ImportError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"error: could not load the models of preset {args.preset!r}: {first_line}") from err
+        raise SystemExit(f"error: could not load the models of preset {args.preset!r}: {_message(err)}") from err
 
 
 def _prepare_output(path: str, overwrite: bool) -> None:
@@ -304,30 +321,39 @@ def _prepare_output(path: str, overwrite: bool) -> None:
         raise SystemExit(f"error: {path!r} exists and is not empty; pass --overwrite to replace it")
 
 
+def _load(source: str, split: str | None, exclude: tuple[str, ...] = ()):
+    """``load_source`` with a one-line error for anything that stops it (a Hub id that cannot be reached, a
+    missing split, a folder with nothing to read); ``-v`` logs the traceback."""
+    from .sources import load_source
+
+    try:
+        return load_source(source, split, exclude)
+    except Exception as err:  # noqa: BLE001 - datasets / huggingface_hub raise many kinds; each ends here the same way
+        logging.getLogger(__name__).info("loading %s failed", source, exc_info=True)
+        hint = ""
+        if isinstance(err, (ConnectionError, TimeoutError)) or "reach" in str(err):
+            hint = " (no connection to the Hub? with HF_HUB_OFFLINE=1 only the local cache is used)"
+        raise SystemExit(f"error: could not load {source!r}: {_message(err)}{hint}") from err
+
+
 def cmd_anonymize(args) -> int:
-    from .pipeline import (
-        anonymize_to_disk,
-        find_image_column,
-        format_summary,
-        launched_processes,
-        load_source,
-        summarize,
-        write_run_record,
-    )
+    from .pipeline import anonymize_to_disk, format_summary, launched_processes, summarize, write_run_record, write_manifest
+    from .sources import find_image_column
 
     _prepare_output(args.output, args.overwrite)
-    if args.chunk_rows < 1:
-        raise SystemExit(f"error: Got {args.chunk_rows} for `--chunk-rows`; expected an int >= 1")
+    out = args.output.rstrip("/\\")
+    source = _load(args.source, args.split, exclude=(out, out + ".parts"))
+    parts = list(source.items()) if hasattr(source, "keys") else [(None, source)]
     try:
-        source = load_source(args.source, args.split)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from err
-    first = source[next(iter(source))] if hasattr(source, "keys") else source
-    try:
-        column = find_image_column(first, args.image_column)
+        column = find_image_column(parts[0][1], args.image_column)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
     anonymize = config_from_args(args, column)
+    for name, part in parts:  # every split must be anonymizable before any model loads (none is skipped)
+        try:
+            anonymize.prepare(part)
+        except (KeyError, ValueError) as err:
+            raise SystemExit(f"error: {f'split {name!r}: ' if name else ''}{_message(err)}") from err
     launched = launched_processes()
     if launched is not None and args.num_proc and args.num_proc > 1:
         raise SystemExit("error: --num-proc does not combine with torchrun / accelerate launch (each process is one worker)")
@@ -338,16 +364,18 @@ def cmd_anonymize(args) -> int:
         return 0  # another rank: rank 0 writes the record, the preview and the summary
     summary = summarize(safe)
     write_run_record(args.output, anonymize, args.source, summary)
+    manifest = write_manifest(args.output, args.source, source, column)
     if args.preview:
         from .preview import write_preview
 
-        parts = source.items() if hasattr(source, "keys") else [(None, source)]
         for name, part in parts:
             out = os.path.join(args.preview, name) if name else args.preview
             write_preview(part, safe[name] if name else safe, out, column)
         print(f"preview: {args.preview}")
     print(format_summary(summary))
     print(f"saved: {args.output}  (datasets.load_from_disk({args.output!r}))")
+    if manifest:
+        print(f"files: {manifest}  (row -> source file; local only, never pushed)")
     return 0
 
 
@@ -403,10 +431,9 @@ def _run_seed(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate, flag_quality
-    from .pipeline import load_source
 
     def single(source):
-        ds = load_source(source, args.split)
+        ds = _load(source, args.split)
         if hasattr(ds, "keys"):
             if len(ds) != 1:
                 raise SystemExit(f"error: {source!r} has splits {sorted(ds)}; pick one with --split")
@@ -425,7 +452,7 @@ def cmd_evaluate(args) -> int:
             judge = VLMJudgeConfig(model=args.vlm_model, revision=args.vlm_revision, batch_size=args.vlm_batch_size, device=args.vlm_device, dtype=args.vlm_dtype, max_side=args.vlm_max_side, backend=args.vlm_backend)
         if "utility" in metrics:
             utility = utility_config_from_args(args)
-            test = load_source(args.test or args.original, args.test_split)
+            test = _load(args.test or args.original, args.test_split)
         report = evaluate(
             single(args.original), single(args.anonymized), metrics=metrics, key=args.key, image_column=args.image_column, seed=args.seed,
             clip_model=args.clip_model, fid_model=args.fid_model, run_seed=_run_seed(args), test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
@@ -459,8 +486,7 @@ def cmd_push(args) -> int:
     except NotPublishable as err:
         raise SystemExit(f"error: {err}") from err
     except HfHubHTTPError as err:  # no token, no write access, another namespace, the Hub down
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"error: the Hub refused the push to {args.repo_id!r}: {first_line}") from err
+        raise SystemExit(f"error: the Hub refused the push to {args.repo_id!r}: {_message(err)}") from err
     visibility = "private" if done.private else "public"
     print(f"pushed {done.rows} rows to {done.url} ({visibility}); columns: {', '.join(done.columns)}")
     print(f"load it with: datasets.load_dataset({done.repo_id!r})")

@@ -312,7 +312,7 @@ class PipelineConfig:
                     "instructor": InstructorConfig, "grounding": GroundingConfig, "diffusion": DiffusionEditorConfig}
         for name, section in sections.items():
             if isinstance(getattr(self, name), dict):
-                setattr(self, name, section(**getattr(self, name)))
+                setattr(self, name, _build_section(name, section, getattr(self, name)))
         _check(self.grounding is None or self.vlm is not None, "grounding", "set without `vlm`", "a VLM as well (grounding only locates, it does not flag)")
         _check(self.preset in PRESETS, "preset", self.preset, f"one of {sorted(PRESETS)}")
         _check(isinstance(self.image_column, str) and bool(self.image_column), "image_column", self.image_column, "a column name")
@@ -347,6 +347,16 @@ class PipelineConfig:
                 if given["model"] != (base.get(section) or {}).get("model"):
                     merged[section]["revision"] = None
         return cls.from_dict(merged)
+
+
+def _build_section(name: str, section: type, values: dict):
+    """A config section from a dict, naming an unknown field (``editor.nope``) instead of Python's
+    ``__init__() got an unexpected keyword argument``."""
+    known = [f.name for f in dataclasses.fields(section)]
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise ValueError(f"Got unknown field `{name}.{unknown[0]}`; `{name}` has the fields {known}.")
+    return section(**values)
 
 
 def _merge(base: dict, overrides: dict) -> dict:

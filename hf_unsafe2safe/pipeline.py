@@ -2,74 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections import Counter
-from pathlib import Path
 
 from . import columns as C
 from .transform import Unsafe2Safe
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def load_source(source: str, split: str | None = None):
-    """A ``Dataset`` or ``DatasetDict`` from a ``save_to_disk`` directory, an image folder or a Hub dataset id."""
-    import datasets
-
-    path = Path(source)
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-        if split is None:
-            return loaded
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"Got {split!r} for `split`; {source!r} has splits {sorted(loaded)}")
-            return loaded[split]
-        if loaded.split is not None and str(loaded.split) != split:
-            raise ValueError(f"Got {split!r} for `split`; {source!r} holds a single split, {loaded.split}")
-        return loaded
-    if path.is_dir():
-        if not any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file()):
-            raise ValueError(f"{source!r} is a directory but neither a save_to_disk dataset nor a folder of images")
-        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
-    if path.exists():
-        raise ValueError(f"{source!r} is a file; give a folder of images, a save_to_disk directory or a Hub dataset id")
-    return datasets.load_dataset(source, split=split)
-
-
-def find_image_column(dataset, requested: str | None) -> str:
-    """The requested column, or the only ``Image`` column of the dataset."""
-    from datasets import Image
-
-    features = dataset.features
-    if requested is not None:
-        if requested not in features:
-            raise ValueError(f"Got {requested!r} for `image_column`; the dataset has columns {sorted(features)}")
-        return requested
-    images = [name for name, feat in features.items() if isinstance(feat, Image)]
-    if len(images) != 1:
-        raise ValueError(f"Cannot tell the image column (Image columns: {images}); pass `image_column`")
-    return images[0]
-
-
 def anonymize_dataset(
     dataset, anonymize: Unsafe2Safe, batch_size: int = 16, num_proc: int | None = None, desc: str = "Unsafe2Safe",
-    shard: tuple[int, int] | None = None, device_rank: int | None = None,
+    shard: tuple[int, int] | None = None, device_rank: int | None = None, cache_dir: str | None = None,
 ):
     """``prepare`` + ``map`` with the right features; works on a ``Dataset`` or a ``DatasetDict``.
 
     ``shard=(index, count)`` maps only that contiguous shard and ``device_rank`` puts the models on
     ``cuda:<device_rank>`` (one process of a multi-process launch; see ``anonymize_to_disk``); otherwise
-    ``num_proc`` worker processes each take the GPU of their map rank."""
+    ``num_proc`` worker processes each take the GPU of their map rank.
+
+    ``cache_dir``: where ``map`` writes its result (fresh files, never a cached result reused); without it,
+    ``datasets`` caches as it always does: beside the source's own cache files (under ``HF_HOME`` for a Hub
+    dataset, inside the folder for one loaded with ``load_from_disk``), and in memory for an in-memory dataset.
+    Those cache files hold the outputs, private captions included: remove them with ``cleanup_cache_files()`` on
+    the source, or pass a ``cache_dir`` you delete."""
     import datasets
 
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Got {batch_size!r} for `batch_size`; expected an int >= 1")
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise ValueError(f"Got {num_proc!r} for `num_proc`; expected None or an int >= 1")
     if isinstance(dataset, datasets.DatasetDict):
         return datasets.DatasetDict(
-            {name: anonymize_dataset(part, anonymize, batch_size, num_proc, f"{desc} [{name}]", shard, device_rank) for name, part in dataset.items()}
+            {
+                name: anonymize_dataset(part, anonymize, batch_size, num_proc, f"{desc} [{name}]", shard, device_rank, cache_dir and os.path.join(cache_dir, name))
+                for name, part in dataset.items()
+            }
         )
     prepared = anonymize.prepare(dataset)
     features = anonymize.output_features(dataset.features)
@@ -79,6 +49,10 @@ def anonymize_dataset(
         # datasets.map skips the function on an empty dataset and keeps the input schema
         return datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=dataset.split)
     placed = {"fn_kwargs": {"rank": device_rank}} if device_rank is not None else {"with_rank": True}
+    cached = {}
+    if cache_dir is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        cached = {"cache_file_name": os.path.join(cache_dir, "map.arrow"), "load_from_cache_file": False}
     return prepared.map(
         anonymize,
         batched=True,
@@ -87,6 +61,7 @@ def anonymize_dataset(
         features=features,
         desc=desc,
         **placed,
+        **cached,
     )
 
 
@@ -99,24 +74,62 @@ def launched_processes() -> tuple[int, int, int] | None:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
 
 
+def resume_key(dataset, anonymize: Unsafe2Safe, chunk_rows: int) -> dict:
+    """Everything the saved chunks depend on: the transform (config, version, prompts), the chunking, and the input
+    (every split's name, length and ``datasets`` fingerprint; for a folder of images ``sources`` makes that a hash
+    of the file list, sizes and modification times)."""
+    import datasets
+
+    splits = dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]
+    transform = hashlib.sha256(json.dumps(anonymize.fingerprint_state(), sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "settings": transform,
+        "chunk_rows": chunk_rows,
+        "input": [[name, len(part), part._fingerprint] for name, part in splits],  # noqa: SLF001 - datasets' own content hash
+    }
+
+
+def _open_parts(parts: str, key: dict) -> None:
+    """Keep ``parts`` when it was written under ``key``; otherwise remove it, saying what changed."""
+    import shutil
+
+    stamp = os.path.join(parts, "run.json")
+    if os.path.exists(parts):
+        try:
+            with open(stamp) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = {}
+        changed = [name for name in key if previous.get(name) != key[name]]
+        if changed:
+            what = {"settings": "the settings (config, version or prompts)", "chunk_rows": "--chunk-rows", "input": "the input data"}
+            logger.warning("removing %s: its chunks come from a run with other %s; starting over", parts, " and ".join(what[c] for c in changed))
+            shutil.rmtree(parts)
+    os.makedirs(parts, exist_ok=True)
+    with open(stamp, "w") as f:
+        json.dump(key, f)
+
+
 def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: int = 16, num_proc: int | None = None, chunk_rows: int = 2000):
     """Anonymize ``dataset`` (a ``Dataset`` or ``DatasetDict``) into ``output`` (``save_to_disk``), resumably and
     across processes.
 
     Every split is cut into contiguous chunks of ``chunk_rows`` rows; each finished chunk is saved under
     ``<output>.parts/`` (written to a temporary folder, then renamed, so a chunk there is always whole). A rerun
-    with the same settings skips the chunks already there: a crash costs at most the chunks in flight. Parts of a
-    run with other settings (another transform fingerprint) are removed first, never mixed in. Under ``torchrun``
-    / ``accelerate launch`` process ``r`` of ``W`` takes chunks ``r, r + W, ...`` with its models on its own GPU;
-    then rank 0 joins the chunks in order (the same rows, in the same order, as one process gives), saves the
-    result, removes the parts and returns it; the other ranks return None."""
-    import hashlib
-    import json
+    skips the chunks already there, when it has the same settings, chunking and input (``resume_key``): a crash
+    costs at most the chunks in flight. Parts written under another key are removed first, with a warning, never
+    mixed in. The map's cache files live in ``<output>.parts/cache`` and are removed once each chunk is saved, so
+    no output (private captions included) is left in a shared cache. Under ``torchrun`` / ``accelerate launch``
+    process ``r`` of ``W`` takes chunks ``r, r + W, ...`` with its models on its own GPU; then rank 0 joins the
+    chunks in order (the same rows, in the same order, as one process gives), saves the result, removes the parts
+    and returns it; the other ranks return None."""
     import math
     import shutil
 
     import datasets
 
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"Got {chunk_rows!r} for `chunk_rows`; expected an int >= 1")
     launched = launched_processes()
     rank, world, local = launched or (0, 1, None)
     state = None
@@ -127,44 +140,34 @@ def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: 
         state = PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes, nccl between GPUs
         num_proc = None  # each launched process is one worker
     parts = output.rstrip("/\\") + ".parts"
-    key = hashlib.sha256(json.dumps(anonymize.fingerprint_state(), sort_keys=True, default=str).encode()).hexdigest()
-    stamp = os.path.join(parts, "run.json")
     if rank == 0:
-        if os.path.exists(parts):
-            try:
-                with open(stamp) as f:
-                    previous = json.load(f).get("fingerprint")
-            except (OSError, ValueError):
-                previous = None
-            if previous != key:
-                logger.warning("removing %s: its parts come from a run with other settings", parts)
-                shutil.rmtree(parts)
-        os.makedirs(parts, exist_ok=True)
-        with open(stamp, "w") as f:
-            json.dump({"fingerprint": key, "chunk_rows": chunk_rows}, f)
+        _open_parts(parts, resume_key(dataset, anonymize, chunk_rows))
     if state is not None:
         state.wait_for_everyone()
 
     splits = dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]
+    cache = os.path.join(parts, "cache", str(rank))
     plan = []  # (split, chunk folders in order)
     for name, part in splits:
         folder = os.path.join(parts, name or "_")
         count = math.ceil(len(part) / chunk_rows)
         chunks = [os.path.join(folder, f"chunk-{c:06d}") for c in range(count)]
         plan.append((name, part, chunks))
-        todo = [c for c in range(rank, count, world) if not os.path.exists(chunks[c])]
-        done = len(range(rank, count, world)) - len(todo)
-        if done:
-            logger.info("%s: %d of %d chunks already done, resuming", name or "dataset", done, len(range(rank, count, world)))
+        mine = range(rank, count, world)
+        todo = [c for c in mine if not os.path.exists(chunks[c])]
+        if len(todo) < len(mine):
+            logger.warning("%s: resuming: %d of %d chunks already done in %s", name or "dataset", len(mine) - len(todo), len(mine), parts)
         for c in todo:
             rows = range(c * chunk_rows, min(len(part), (c + 1) * chunk_rows))
             desc = f"Unsafe2Safe{f' [{name}]' if name else ''} chunk {c + 1}/{count}" + (f" (rank {rank})" if launched else "")
-            result = anonymize_dataset(part.select(rows), anonymize, batch_size, num_proc, desc, device_rank=local)
+            result = anonymize_dataset(part.select(rows), anonymize, batch_size, num_proc, desc, device_rank=local, cache_dir=cache)
             tmp = f"{chunks[c]}.tmp-{rank}"
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
             save_dataset(result, tmp)
             os.replace(tmp, chunks[c])
+            del result
+            shutil.rmtree(cache, ignore_errors=True)
     if state is not None:
         state.wait_for_everyone()
     if rank != 0:
@@ -184,6 +187,30 @@ def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: 
         state.wait_for_everyone()
     shutil.rmtree(parts)
     return datasets.load_from_disk(output)
+
+
+def write_manifest(output_dir: str, source: str, dataset, image_column: str) -> str | None:
+    """For a source that is a local folder of images: ``unsafe2safe_files.json`` in ``output_dir``, the source file
+    of every row (path relative to the folder, per split, in row order), so that a ``failed`` or ``invalid_input``
+    row can be traced back. File names can identify people: the file stays local (``push`` never uploads it).
+    None for other sources."""
+    from pathlib import Path
+
+    from .sources import MANIFEST, folder_manifest, is_saved_dataset
+
+    path = Path(source)
+    if not path.is_dir() or is_saved_dataset(path):
+        return None
+    splits = dataset.items() if hasattr(dataset, "keys") else [(None, dataset)]
+    manifest = {
+        "source": os.path.abspath(source),
+        "note": "row -> source file, relative to `source`; local only: file names can identify people, do not publish",
+        "splits": {name or "_": folder_manifest(part, source, image_column) for name, part in splits},
+    }
+    target = os.path.join(output_dir, MANIFEST)
+    with open(target, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    return target
 
 
 def save_dataset(dataset, path: str) -> None:
