@@ -2,7 +2,7 @@
 
 from common import DatasetSpec, run
 
-SPEC = DatasetSpec(name="Caltech101", image_column="image", splits=("train",), example_source="a local imagefolder of 101_ObjectCategories")
+SPEC = DatasetSpec(name="Caltech101", image_column="image", splits=("train",), example_source="a local folder train/<category>/*.jpg")
 
 if __name__ == "__main__":
     run(SPEC)

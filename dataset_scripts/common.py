@@ -37,16 +37,30 @@ def parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     return p
 
 
+def load_split(spec: DatasetSpec, source: str, split: str):
+    """One split of the source: a Hub id or save_to_disk folder gives it by name; a local folder of images holds
+    one sub-folder per split (``SOURCE/train``, ``SOURCE/test``), every image file under it a row."""
+    from pathlib import Path
+
+    from hf_unsafe2safe.sources import is_saved_dataset, load_image_folder, load_source
+
+    path = Path(source)
+    if path.is_dir() and not is_saved_dataset(path):
+        if not (path / split).is_dir():
+            raise SystemExit(f"error: {source!r} has no folder {split!r}; a local source of {spec.name} holds one folder per split ({', '.join(spec.splits)})")
+        return load_image_folder(path / split, split=split)
+    return load_source(source, split)
+
+
 def run(spec: DatasetSpec, argv=None) -> dict:
     from hf_unsafe2safe import Unsafe2Safe
     from hf_unsafe2safe.pipeline import anonymize_to_disk, format_summary, summarize, write_run_record
-    from hf_unsafe2safe.sources import load_source
 
     args = parser(spec).parse_args(argv)
     anonymize = Unsafe2Safe.from_preset(args.preset, image_column=spec.image_column)
     summaries = {}
     for split in spec.splits:
-        ds = load_source(args.source, split)
+        ds = load_split(spec, args.source, split)
         if args.limit is not None:
             ds = ds.select(range(min(args.limit, len(ds))))
         if spec.add_columns is not None:

@@ -2,7 +2,7 @@
 
 from common import DatasetSpec, run
 
-SPEC = DatasetSpec(name="MIT Indoor67", image_column="image", splits=("train",), example_source="a local imagefolder of Images/<scene>/")
+SPEC = DatasetSpec(name="MIT Indoor67", image_column="image", splits=("train",), example_source="a local folder train/<scene>/*.jpg")
 
 if __name__ == "__main__":
     run(SPEC)

@@ -71,6 +71,7 @@ def added_features():
                 "seed": Value("int64"),
                 "caption_source": Value("string"),
                 "error": Value("string"),
+                "notes": List(Value("string")),
             },
             METADATA_REMOVED: List(Value("string")),
         }

@@ -162,8 +162,8 @@ def folder_fingerprint(listing: FolderListing) -> str:
     return h.hexdigest()[:32]
 
 
-def load_image_folder(root: str | os.PathLike, exclude: tuple[str, ...] = ()):
-    """A ``Dataset`` (split ``train``) with one row per image file under ``root``; see the module docstring."""
+def load_image_folder(root: str | os.PathLike, exclude: tuple[str, ...] = (), split: str = FOLDER_SPLIT):
+    """A ``Dataset`` (named ``split``) with one row per image file under ``root``; see the module docstring."""
     import datasets
     import pyarrow as pa
 
@@ -196,7 +196,7 @@ def load_image_folder(root: str | os.PathLike, exclude: tuple[str, ...] = ()):
             features["label"] = datasets.ClassLabel(names=names)
     table = pa.Table.from_pydict(data, schema=datasets.Features(features).arrow_schema)
     info = datasets.DatasetInfo(features=datasets.Features(features))
-    return datasets.Dataset(table, info=info, split=datasets.Split(FOLDER_SPLIT), fingerprint=folder_fingerprint(listing))
+    return datasets.Dataset(table, info=info, split=datasets.Split(split), fingerprint=folder_fingerprint(listing))
 
 
 def folder_manifest(dataset, root: str | os.PathLike, image_column: str = "image") -> list[str]:

@@ -252,6 +252,10 @@ class Unsafe2Safe:
                 logger.exception("model inspection failed")
                 for _, _, ins in rows:
                     ins.flagged, ins.error = True, f"model inspection failed: {describe_error(exc)}"
+        # every flagged category needs an edited region (or the metadata removal) that takes care of it; one that
+        # has none cannot be edited region by region: the whole image is (fail closed)
+        for _, _, ins in rows:
+            ins.require_coverage()
         # 4. Stage 2, diffusion (when configured): one bucketed, batched pass over the rows with regions to edit
         diffused, diffusion_error = self._diffuse(rows, rank)
         # 5. Stage 2 for flagged rows only; unflagged rows keep their bytes
@@ -409,6 +413,7 @@ class Unsafe2Safe:
                     "seed": r.seed,
                     "caption_source": C.CAPTION_NONE if ins is None else ins.caption_source,
                     "error": r.error,
+                    "notes": [] if ins is None else list(ins.notes),
                 }
             )
             out[C.METADATA_REMOVED].append(list(r.metadata_removed))

@@ -91,7 +91,8 @@ def test_bad_regions_are_dropped_with_a_note_not_the_answer():
     parsed = parse_inspection(json.dumps(data), ALLOWED, SIZE)
     assert [r.box for r in parsed.regions] == [(0, 0, 640, 480), (0, 0, 320, 240)]
     assert parsed.regions[1].category == "people"
-    assert len(parsed.notes) == 5
+    assert len(parsed.notes) == 6  # the clipped box, four dropped regions, the unknown category
+    assert "clipped" in parsed.notes[0] and "empty box" in parsed.notes[1]
 
 
 def test_unknown_categories_are_dropped_and_contradictions_fail_closed():

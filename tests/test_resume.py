@@ -79,3 +79,88 @@ def test_a_dataset_dict_with_an_empty_split(photos, tmp_path):
     safe = anonymize_to_disk(dd, Unsafe2Safe.from_preset("lite"), str(tmp_path / "safe"), chunk_rows=3)
     assert sorted(safe) == ["test", "train"] and len(safe["train"]) == 5 and len(safe["test"]) == 0
     assert safe["test"].features == safe["train"].features
+
+
+def _folder(root, n):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (24, 16), (i * 4 % 256, 90, 200 - i)).save(root / f"img_{i:03d}.png")
+    return root
+
+
+def _metadata_only(cls):
+    return cls.from_preset("lite", inspector={"faces": False, "text": False})  # fast; resume does not depend on detectors
+
+
+def _crash(source, out, chunk_rows, batches):
+    _CrashAfter.calls, _CrashAfter.limit = 0, batches
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            anonymize_to_disk(source, _metadata_only(_CrashAfter), out, batch_size=chunk_rows, chunk_rows=chunk_rows)
+    finally:
+        _CrashAfter.limit = 2
+
+
+def test_another_chunk_size_starts_over_instead_of_mixing(tmp_path, caplog):
+    from hf_unsafe2safe.sources import load_source
+
+    source = load_source(str(_folder(tmp_path / "photos", 60)), split="train")
+    out = str(tmp_path / "safe")
+    _crash(source, out, chunk_rows=10, batches=3)  # chunks 0-2 of 10 rows saved
+    assert len(list((tmp_path / "safe.parts" / "_").iterdir())) == 3
+    with caplog.at_level("WARNING", logger="hf_unsafe2safe.pipeline"):
+        safe = anonymize_to_disk(source, _metadata_only(Unsafe2Safe), out, chunk_rows=25)
+    assert len(safe) == 60
+    assert any("--chunk-rows" in r.getMessage() for r in caplog.records)
+    reference = anonymize_to_disk(source, _metadata_only(Unsafe2Safe), str(tmp_path / "ref"), chunk_rows=60)
+    assert _bytes(safe) == _bytes(reference)
+
+
+def test_a_resume_says_how_many_chunks_it_reused(tmp_path, caplog):
+    from hf_unsafe2safe.sources import load_source
+
+    source = load_source(str(_folder(tmp_path / "photos", 30)), split="train")
+    out = str(tmp_path / "safe")
+    _crash(source, out, chunk_rows=10, batches=2)
+    with caplog.at_level("WARNING", logger="hf_unsafe2safe.pipeline"):
+        safe = anonymize_to_disk(source, _metadata_only(Unsafe2Safe), out, batch_size=10, chunk_rows=10)
+    assert len(safe) == 30 and any("resuming: 2 of 3 chunks" in r.getMessage() for r in caplog.records)
+
+
+def test_a_changed_folder_starts_over_instead_of_mixing(tmp_path, caplog):
+    from hf_unsafe2safe.sources import folder_manifest, load_source
+
+    root = _folder(tmp_path / "photos", 60)
+    out = str(tmp_path / "safe")
+    _crash(load_source(str(root), split="train"), out, chunk_rows=10, batches=3)
+    for i in (3, 17, 25, 40, 59):  # five source images deleted before the rerun
+        (root / f"img_{i:03d}.png").unlink()
+    current = load_source(str(root), split="train")
+    with caplog.at_level("WARNING", logger="hf_unsafe2safe.pipeline"):
+        safe = anonymize_to_disk(current, _metadata_only(Unsafe2Safe), out, chunk_rows=10)
+    assert any("input data" in r.getMessage() for r in caplog.records)
+    assert len(safe) == 55
+    # every output row is the anonymized version of the file now at that position, read straight from disk
+    from PIL import Image
+    import io
+
+    for rel, row in zip(folder_manifest(current, root), _bytes(safe)):
+        expected = np.asarray(Image.open(root / rel).convert("RGB"))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")), expected)
+
+
+def test_an_edited_file_changes_the_key(tmp_path):
+    import os
+
+    from hf_unsafe2safe.pipeline import resume_key
+    from hf_unsafe2safe.sources import load_source
+
+    root = _folder(tmp_path / "photos", 3)
+    anonymize = _metadata_only(Unsafe2Safe)
+    before = resume_key(load_source(str(root), split="train"), anonymize, 10)
+    assert resume_key(load_source(str(root), split="train"), anonymize, 10) == before  # stable when nothing changed
+    st = os.stat(root / "img_001.png")
+    os.utime(root / "img_001.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert resume_key(load_source(str(root), split="train"), anonymize, 10)["input"] != before["input"]

@@ -249,15 +249,25 @@ def test_grounding_adds_boxes_to_flagged_rows_only(owl_path):
         _lite_inspection(encode(np.random.RandomState(1).randint(0, 255, (80, 120, 3), np.uint8))),
         _lite_inspection(encode(np.full((64, 96, 3), 120, np.uint8))),
     )
-    private = {"private": True, "categories": ["people"], "review": [], "private_caption": "A man at a desk.", "public_caption": "A person at a desk.", "regions": []}
+    grounder = RegionGrounder(owl_path, None, "auto", "cpu", grounding_queries(load_taxonomy().ids), threshold=1e-4, batch_size=4)
+    # the random tiny detector finds some categories in image a and not others
+    found = sorted({r.category for r in grounder.detect([a_src.image])[0]})
+    unfound = next(c for c in load_taxonomy().ids if c not in found)
+    private = {"private": True, "categories": found[:1], "review": [], "private_caption": "A man at a desk.", "public_caption": "A person at a desk.", "regions": []}
     public = {"private": False, "categories": [], "review": [], "private_caption": "A grey wall.", "public_caption": "A grey wall.", "regions": []}
     vlm = ScriptedGenerator([json.dumps(private), json.dumps(public)])
-    grounder = RegionGrounder(owl_path, None, "auto", "cpu", grounding_queries(load_taxonomy().ids), threshold=1e-4, batch_size=4)
     stage = ModelStage1(VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids, grounder)
     stage.apply([a_src.image, b_src.image], [a_ins, b_ins])
     assert a_ins.flagged and any(r.source.endswith("owl") or "owl" in r.source.split("+") for r in a_ins.regions)
     assert a_ins.error is None  # located: region edits, not the whole-image fallback
     assert not b_ins.flagged and b_ins.regions == []  # grounding never flags on its own
+
+    # a flagged category the grounder did not locate: the whole image is edited
+    (c_src, c_ins) = _lite_inspection(encode(np.random.RandomState(1).randint(0, 255, (80, 120, 3), np.uint8)))
+    missed = dict(private, categories=[*found[:1], unfound])
+    stage = ModelStage1(VLMInspector(ScriptedGenerator([json.dumps(missed)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids, grounder)
+    stage.apply([c_src.image], [c_ins])
+    assert c_ins.error == f"flagged {unfound} without a located region: the whole image is edited"
 
 
 def test_private_without_any_region_gets_the_whole_image_fallback():
@@ -270,7 +280,7 @@ def test_private_without_any_region_gets_the_whole_image_fallback():
                "private_caption": "A bedroom.", "public_caption": "A room.", "regions": []}
     stage = ModelStage1(VLMInspector(ScriptedGenerator([json.dumps(private)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids)
     stage.apply([src.image], [ins])
-    assert ins.flagged and "no sensitive region was located" in ins.error
+    assert ins.flagged and "flagged location_time without a located region" in ins.error
 
 
 def test_cli_with_local_tiny_models_and_a_clear_error_for_missing_ones(vlm_path, lm_path, tmp_path, capsys):
@@ -318,3 +328,41 @@ def test_out_of_memory_splits_the_generation_batch(vlm_path, vlm):
     small.fits = 0
     with pytest.raises(small._torch.cuda.OutOfMemoryError):
         small.generate(convs[:1], max_new_tokens=6)
+
+
+def _scripted_transform(answers):
+    """The real transform whose Stage 1 VLM answers from a script (the coverage rule is under test, not a model)."""
+    from hf_unsafe2safe import Unsafe2Safe
+    from hf_unsafe2safe.inspection.vlm import ModelStage1
+
+    class Scripted(Unsafe2Safe):
+        def build_model_stage(self, rank=None):
+            return ModelStage1(VLMInspector(ScriptedGenerator(answers), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids)
+
+    return Scripted.from_preset("lite", vlm={"model": "scripted", "repair": False})
+
+
+def test_a_flagged_category_without_a_usable_box_gets_the_whole_image_fallback():
+    from conftest import encode, image_dataset
+
+    from hf_unsafe2safe import anonymize_dataset
+    from hf_unsafe2safe import columns as C
+    from hf_unsafe2safe.demo import gps_photo
+
+    answer = {
+        "private": True, "categories": ["people", "text_symbols"], "review": [],
+        "private_caption": "Two people under a shop sign.", "public_caption": "A street.",
+        "regions": [
+            {"label": "people", "category": "people", "box": [100, 100, 100, 900]},  # zero width: dropped
+            {"label": "sign", "category": "text_symbols", "box": [50, 50, 400, 200]},
+        ],
+    }
+    covered = {"private": True, "categories": ["location_time"], "review": [], "private_caption": "A field.",
+               "public_caption": "A field.", "regions": []}  # location_time, and the file's GPS is removed
+    plain = np.full((120, 160, 3), 128, np.uint8)
+    source = image_dataset([encode(plain), gps_photo(plain)])
+    safe = anonymize_dataset(source, _scripted_transform([json.dumps(answer), json.dumps(covered)]), batch_size=2)
+    first, second = safe[C.ANONYMIZATION]
+    assert first["status"] == C.STATUS_FALLBACK and "flagged people without a located region" in first["error"]
+    assert any("empty box" in note for note in first["notes"])  # the parser's note is in the row
+    assert second["status"] == C.STATUS_EDITED and second["editor"] == "metadata-strip" and "exif:GPSInfo" in safe[C.METADATA_REMOVED][1]

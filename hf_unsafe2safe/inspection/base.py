@@ -15,6 +15,12 @@ class Region:
     score: float
     source: str  # which detector produced it, e.g. "retinaface", "ppocr-det"
     text: str | None = None  # recognised text, kept for the private caption only
+    # other categories that editing this region takes care of (a text line read as an address also covers
+    # location_time; faces of a group cover interactions); its own category always counts
+    covers: tuple[str, ...] = ()
+
+    def covered(self) -> set[str]:
+        return {self.category, *self.covers}
 
     def to_row(self) -> dict:
         return {"label": self.label, "category": self.category, "box": list(self.box), "score": float(self.score), "source": self.source}
@@ -41,6 +47,25 @@ class Inspection:
     target_caption: str = ""
     caption_source: str = "template"
     error: str | None = None  # set when inspection itself failed (the row is then flagged: fail closed)
+    # categories that removing the file's metadata takes care of (GPS -> location_time, ...)
+    metadata_categories: list[str] = field(default_factory=list)
+    # what the stages dropped, clipped or fixed on the way (e.g. a VLM box of zero width), for the row's audit
+    notes: list[str] = field(default_factory=list)
+
+    def uncovered(self) -> list[str]:
+        """Flagged categories that no region and no metadata removal takes care of: such a row cannot be edited
+        region by region (fail closed: the whole image is edited)."""
+        covered = set(self.metadata_categories)
+        for region in self.regions:
+            covered |= region.covered()
+        return [c for c in self.categories if c not in covered]
+
+    def require_coverage(self) -> None:
+        """Fail closed: a flagged row with a category that nothing takes care of gets an error, so that the whole
+        image is edited instead of only the regions that were found."""
+        missing = self.uncovered() if self.flagged and self.error is None else []
+        if missing:
+            self.error = f"flagged {', '.join(missing)} without a located region: the whole image is edited"
 
 
 def box_iou(a, b) -> float:

@@ -250,8 +250,10 @@ class LiteInspector:
         rgb = to_rgb8(image.image) if (c.faces or c.text) else None
         if c.faces:
             faces = self.faces(rgb)
+            # a group also flags interactions, which blurring every face of it takes care of
+            group = tuple(self.taxonomy.categories_for("face_group")) if len(faces) >= c.face_group_size else ()
             for box, score in faces:
-                regions.append(Region("face", "people", box, score, FaceDetector.source))
+                regions.append(Region("face", "people", box, score, FaceDetector.source, covers=group))
             if faces:
                 labels.append("face")
                 review.append(ReviewItem(f"{len(faces)} human face(s)", self.taxonomy.reason_for("face")))
@@ -266,7 +268,7 @@ class LiteInspector:
             kinds: dict[str, list[str]] = {}
             for box, score, text in lines:
                 label = classify_text(text)
-                regions.append(Region(label, "text_symbols", box, score, TextDetector.source, text=text))
+                regions.append(Region(label, "text_symbols", box, score, TextDetector.source, text=text, covers=tuple(self.taxonomy.categories_for(label))))
                 kinds.setdefault(label, []).append(text or "")
             for label, texts in kinds.items():
                 labels.append(label)
@@ -280,6 +282,7 @@ class LiteInspector:
         for label in labels:
             categories.extend(self.taxonomy.categories_for(label))
         ordered = [cid for cid in self.taxonomy.ids if cid in set(categories)]
-        inspection = Inspection(flagged=bool(labels), categories=ordered, regions=regions, review=review)
+        metadata_categories = sorted({cat for label in labels if label.startswith("metadata:") for cat in self.taxonomy.categories_for(label)})
+        inspection = Inspection(flagged=bool(labels), categories=ordered, regions=regions, review=review, metadata_categories=metadata_categories)
         self.captioner.write(inspection, image.size, image.metadata.items if c.metadata else [])
         return inspection

@@ -104,8 +104,9 @@ def _as_text(value, name: str) -> str:
     return " ".join(value.split())
 
 
-def to_pixels(box, size: tuple[int, int], box_format: str) -> tuple[int, int, int, int] | None:
-    """A model box in ``box_format`` as pixel coordinates clipped to the image; None if degenerate."""
+def to_pixels(box, size: tuple[int, int], box_format: str, notes: list[str] | None = None) -> tuple[int, int, int, int] | None:
+    """A model box in ``box_format`` as pixel coordinates clipped to the image; None if degenerate. A box that
+    reached beyond the image is noted in ``notes``."""
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
         raise AnswerError(f"a box must be 4 numbers [x0, y0, x1, y1], got {box!r}")
     w, h = size
@@ -121,6 +122,8 @@ def to_pixels(box, size: tuple[int, int], box_format: str) -> tuple[int, int, in
     px = (max(0, int(x0)), max(0, int(y0)), min(w, int(round(x1 + 0.4999))), min(h, int(round(y1 + 0.4999))))
     if px[2] - px[0] < 1 or px[3] - px[1] < 1:
         return None
+    if notes is not None and (x0 < 0 or y0 < 0 or x1 > w or y1 > h):
+        notes.append(f"region box {list(box)!r} reached beyond the image and was clipped to it")
     return px
 
 
@@ -163,12 +166,12 @@ def parse_inspection(text: str, allowed: tuple[str, ...], size: tuple[int, int],
             notes.append(f"malformed region {reg!r} dropped")
             continue
         try:
-            box = to_pixels(reg["box"], size, box_format)
+            box = to_pixels(reg["box"], size, box_format, notes)
         except AnswerError as err:
             notes.append(f"region dropped: {err}")
             continue
         if box is None:
-            notes.append(f"empty region {reg.get('box')!r} dropped")
+            notes.append(f"region {reg.get('category')!r} with an empty box {reg.get('box')!r} dropped")
             continue
         cat = str(reg.get("category", "")).strip().lower()
         if cat not in allowed:

@@ -336,7 +336,7 @@ def merge_regions(regions: list, iou: float = 0.5) -> list:
             if k.category == region.category and box_iou(k.box, region.box) > iou:
                 box = (min(k.box[0], region.box[0]), min(k.box[1], region.box[1]), max(k.box[2], region.box[2]), max(k.box[3], region.box[3]))
                 sources = k.source if region.source in k.source.split("+") else f"{k.source}+{region.source}"
-                kept[i] = Region(k.label, k.category, box, k.score, sources, k.text or region.text)
+                kept[i] = Region(k.label, k.category, box, k.score, sources, k.text or region.text, tuple(sorted(set(k.covers) | set(region.covers))))
                 break
         else:
             kept.append(region)
@@ -348,8 +348,10 @@ class ModelStage1:
 
     Merge rule: flagged if the VLM says private, if any lite detector fired, or if the VLM answer is unusable
     (fail closed: the row then gets the whole-image fallback and keeps the raw answer in its error). Regions
-    are the union of the VLM's boxes and the detectors' boxes with per-category NMS. Captions come from the
-    VLM; the edit instruction and the target caption from the text LLM.
+    are the union of the VLM's boxes and the detectors' boxes with per-category NMS; every flagged category must
+    end with a region that covers it (or the metadata removal, for GPS and the like), otherwise the row gets the
+    whole-image fallback. The parser's notes (dropped, clipped or re-filed boxes) go into the row. Captions come
+    from the VLM; the edit instruction and the target caption from the text LLM.
     """
 
     RAW_LIMIT = 2000  # characters of an unusable answer kept in the row
@@ -372,6 +374,7 @@ class ModelStage1:
                 ins.error = f"unusable VLM answer ({answer.error}); raw answer: {answer.text[: self.RAW_LIMIT]!r}"
                 continue
             parsed = answer.parsed
+            ins.notes += [f"vlm: {note}" for note in parsed.notes] + (["vlm: answer repaired in a second turn"] if answer.repaired else [])
             ins.flagged = ins.flagged or parsed.private
             cats = set(ins.categories) | set(parsed.categories)
             ins.categories = [c for c in self.order if c in cats] + sorted(cats - set(self.order))
@@ -390,9 +393,10 @@ class ModelStage1:
             for i, extra in zip(rows, self.grounder.detect([images[i] for i in rows])):
                 inspections[i].regions = merge_regions(inspections[i].regions + extra)
         for ins, said_private in zip(inspections, vlm_private):
-            # a VLM "private" with nothing located cannot be edited region by region (fail closed)
-            if said_private and ins.error is None and not ins.regions:
+            # a VLM "private" with nothing named or located cannot be edited region by region (fail closed)
+            if said_private and ins.error is None and not ins.regions and not ins.categories:
                 ins.error = "the VLM flagged the image but no sensitive region was located: the whole image is edited"
+            ins.require_coverage()
         if self.writer is not None and to_write:
             instructions, targets = self.writer.write([i.public_caption for i in to_write], [i.categories for i in to_write])
             for ins, instruction, target in zip(to_write, instructions, targets):
