@@ -214,7 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("dir", metavar="DIR", help="a folder written by `unsafe2safe anonymize --output DIR`")
     pu.add_argument("repo_id", metavar="REPO_ID", help="dataset repository, `name` (your namespace) or `org/name`; created if missing")
     pu.add_argument("--public", action="store_true", help="make a new repository public (default: private); an existing one must already be public")
-    pu.add_argument("--without-private-captions", action="store_true", help="leave the private_caption column out (it describes what was removed; lite's holds the text read from the image)")
+    pu.add_argument(
+        "--without-private-text", "--without-private-captions", dest="without_private_text", action="store_true",
+        help="leave the private text out of a private repository too (a public one never gets it without --publish-private-text): "
+        "the private_caption and privacy_review columns, free-text region labels, errors and notes, which can quote what was found in the images",
+    )
+    pu.add_argument(
+        "--publish-private-text", action="store_true",
+        help="with --public: ALSO PUBLISH THE PRIVATE TEXT (private captions, privacy review, free-text region labels, errors, notes: "
+        "names, numbers and addresses read from the images, descriptions of people) for anyone to read; the card says so at the top",
+    )
     pu.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or the `hf auth login` token)")
     pu.add_argument("--title", default=None, help="title of the dataset card (default: '<source> (anonymized)')")
     pu.add_argument("--commit-message", default=None, help="commit message (default: names the package version and preset)")
@@ -478,9 +487,12 @@ def cmd_push(args) -> int:
 
     if not os.path.isdir(args.dir):
         raise SystemExit(f"error: {args.dir!r} is not a folder written by `unsafe2safe anonymize`")
+    if args.publish_private_text and (args.without_private_text or not args.public):
+        raise SystemExit("error: --publish-private-text is for --public pushes (a private repository gets the private text unless --without-private-text)")
+    private_text = False if args.without_private_text else (True if args.publish_private_text else None)
     try:
         done = publish_from_disk(
-            args.dir, args.repo_id, private=not args.public, token=args.token, without_private_captions=args.without_private_captions,
+            args.dir, args.repo_id, private=not args.public, token=args.token, private_text=private_text,
             title=args.title, commit_message=args.commit_message, max_shard_size=args.max_shard_size, report_dir=args.report,
         )
     except NotPublishable as err:

@@ -58,10 +58,11 @@ def evaluation_rows(report: dict) -> list[dict]:
     return rows
 
 
-def render_dataset_card(record: dict, title: str | None = None, repo_id: str | None = None, private_captions: bool = True, report: dict | None = None) -> str:
+def render_dataset_card(record: dict, title: str | None = None, repo_id: str | None = None, private_text: bool = True, report: dict | None = None, public: bool = False) -> str:
     """The dataset card (README.md) of an anonymized dataset from its run record (``run_record``), from
     ``cards/dataset_card.md``; with ``repo_id`` it shows how to load the published dataset, with ``report``
-    (an evaluation's ``report.json``) the figures measured on it."""
+    (an evaluation's ``report.json``) the figures measured on it. ``private_text``: whether the publication holds
+    the private text (``PRIVATE_TEXT``); ``public`` with it adds a warning at the top."""
     import jinja2
     from huggingface_hub import DatasetCardData
 
@@ -85,10 +86,52 @@ def render_dataset_card(record: dict, title: str | None = None, repo_id: str | N
         statuses=", ".join(C.STATUSES),
         config_json=json.dumps(state, indent=2, sort_keys=True),
         repo_id=repo_id,
-        private_captions=private_captions,
+        private_text=private_text,
+        public=public,
         evaluation=evaluation_rows(report) if report else [],
         evaluated_pairs=(report or {}).get("pairs", 0),
     )
+
+
+# What a publication holds only when its owner says so (``private_text``): everything that can quote what was
+# found in the images (names, numbers, addresses read from them; a VLM's description of people):
+# - the private caption (lite: the text read from the image; a VLM's: the sensitive attributes);
+# - the privacy review (a VLM's items name and quote what it saw);
+# - region labels a model wrote freely (a detector's labels and grounding phrases are a fixed vocabulary);
+# - anonymization.error and .notes (an unusable answer is kept in the error; notes quote dropped items).
+PRIVATE_TEXT = (C.PRIVATE_CAPTION, C.PRIVACY_REVIEW, f"{C.PRIVACY_REGIONS}.label", f"{C.ANONYMIZATION}.error", f"{C.ANONYMIZATION}.notes")
+WITHHELD = "withheld from this publication (it can quote what was found in the image)"
+
+
+def _fixed_labels() -> frozenset[str]:
+    from .prompts import load_json
+    from .taxonomy import load_taxonomy
+
+    phrases = {q["phrase"] for q in load_json("grounding_queries.json")["queries"]}
+    return frozenset(load_taxonomy().detector_labels) | phrases
+
+
+def without_private_text(dataset):
+    """The dataset without its private text (``PRIVATE_TEXT``): ``private_caption`` and ``privacy_review`` removed,
+    region labels outside the detectors' and grounder's vocabulary replaced by their category, ``error`` withheld
+    and ``notes`` emptied. Statuses, flags, categories, boxes and the public captions stay."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return datasets.DatasetDict({name: without_private_text(part) for name, part in dataset.items()})
+    fixed = _fixed_labels()
+
+    def redact(batch):
+        regions = [[dict(r, label=r["label"] if r["label"] in fixed else r["category"]) for r in row] for row in batch[C.PRIVACY_REGIONS]]
+        runs = [dict(a, error=None if a["error"] is None else WITHHELD, notes=[]) for a in batch[C.ANONYMIZATION]]
+        return {C.PRIVACY_REGIONS: regions, C.ANONYMIZATION: runs}
+
+    changed = [C.PRIVACY_REGIONS, C.ANONYMIZATION]
+    order = [c for c in dataset.column_names if c not in (C.PRIVATE_CAPTION, C.PRIVACY_REVIEW)]
+    # only the two small columns are rewritten, in memory: nothing lands in a cache folder, the images are not copied
+    small = dataset.select_columns(changed).map(redact, batched=True, keep_in_memory=True, desc="leaving out private text")
+    rest = dataset.remove_columns([c for c in (C.PRIVATE_CAPTION, C.PRIVACY_REVIEW, *changed) if c in dataset.column_names])
+    return datasets.concatenate_datasets([rest, small], axis=1).select_columns(order)
 
 
 class NotPublishable(ValueError):
@@ -138,7 +181,7 @@ def publish(
     source: str | None = None,
     private: bool = True,
     token: str | None = None,
-    without_private_captions: bool = False,
+    private_text: bool | None = None,
     title: str | None = None,
     commit_message: str | None = None,
     max_shard_size: str | int | None = None,
@@ -148,8 +191,11 @@ def publish(
 
     The run record comes from ``record`` (e.g. a saved ``unsafe2safe_run.json``) or from ``anonymize`` and
     ``source`` (counts from the dataset itself). The repository is created private unless ``private=False``; an
-    existing one must already have the requested visibility. ``without_private_captions`` leaves out the
-    ``private_caption`` column (it describes what was removed; lite's holds the text read from the image).
+    existing one must already have the requested visibility. ``private_text`` (``PRIVATE_TEXT``: the private
+    caption, the privacy review, free-text region labels, errors and notes, which can quote what was found in the
+    images) is published by default in a private repository only: a public one gets it only with
+    ``private_text=True``, and its card then says so at the top; ``private_text=False`` leaves it out of a private
+    one too.
     ``report`` (an evaluation's ``report.json``, loaded) adds its figures to the card, numbers only.
     """
     import datasets
@@ -160,8 +206,10 @@ def publish(
     if (anonymize is None) == (record is None):
         raise ValueError("Got both or neither of `anonymize` and `record`; expected one: the transform that made the dataset, or its saved run record")
     check_publishable(dataset)
-    if without_private_captions:
-        dataset = dataset.remove_columns(C.PRIVATE_CAPTION)
+    if private_text is None:
+        private_text = private
+    if not private_text:
+        dataset = without_private_text(dataset)
     if record is None:
         record = run_record(anonymize, source or "unknown source", summarize(dataset))
 
@@ -173,7 +221,7 @@ def publish(
         now, asked = ("private", "public") if info.private else ("public", "private")
         raise NotPublishable(f"{repo_id} exists and is {now}; refusing to push a dataset meant to be {asked} to it (change its visibility on the Hub first, or push to another repository)")
 
-    card = render_dataset_card(record, title=title, repo_id=repo_id, private_captions=not without_private_captions, report=report)
+    card = render_dataset_card(record, title=title, repo_id=repo_id, private_text=private_text, report=report, public=not private)
     message = commit_message or f"Anonymized with hf_unsafe2safe {record['version']} ({record['config']['preset']} preset)"
     # the card first: push_to_hub keeps its text and adds the data files' metadata (configs, dataset_info) to it
     api.create_commit(

@@ -176,13 +176,81 @@ def test_a_private_push_is_private(hub, anonymized, tmp_path):
     assert out.returncode != 0 and "the Hub refused the push to 'alice/bobs-attempt'" in out.stderr and "403" in out.stderr
 
 
-def test_public_push_without_private_captions_loads_anonymously(hub, anonymized, tmp_path):
-    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/public-demo", "--public", "--without-private-captions"])
+def _private_strings(path):
+    """What the local run wrote that a public reader must not see: every private caption, every text quoted in one
+    (lite quotes what it read), every privacy review item and every error."""
+    import re
+
+    strings = set()
+    for split in local_rows(path).values():
+        for row in split["rows"]:
+            caption = row[C.PRIVATE_CAPTION]
+            if caption and caption != row[C.PUBLIC_CAPTION]:  # nothing found: both captions say so
+                strings.add(caption)
+                strings.update(q for q in re.findall(r'"([^"]{4,})"', caption))
+            strings.update(r["item"] for r in row[C.PRIVACY_REVIEW])
+            if row[C.ANONYMIZATION]["error"]:
+                strings.add(row[C.ANONYMIZATION]["error"])
+    return strings
+
+
+def _all_text(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _all_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _all_text(v)
+
+
+def test_a_public_push_leaves_the_private_text_out_unless_asked(hub, anonymized, tmp_path):
+    secrets = _private_strings(str(anonymized / "safe"))
+    assert "jane.example@mail.test" in secrets and "KX21 WPD" in secrets  # the demo's email and plate, read by lite
+
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/public-demo", "--public"])
     assert "(public)" in out.stdout
-    got = load_from_hub(hub, None, tmp_path, "alice/public-demo")
+    got = load_from_hub(hub, None, tmp_path, "alice/public-demo")  # an anonymous reader
+    local = local_rows(str(anonymized / "safe"))
+    assert {name: len(split["rows"]) for name, split in got["splits"].items()} == {name: len(split["rows"]) for name, split in local.items()}
     for split in got["splits"].values():
-        assert C.PRIVATE_CAPTION not in split["columns"] and C.PUBLIC_CAPTION in split["columns"]
-    assert "private caption of the triplet was left out" in got["card"]
+        assert C.PRIVATE_CAPTION not in split["columns"] and C.PRIVACY_REVIEW not in split["columns"] and C.PUBLIC_CAPTION in split["columns"]
+        published = {t for row in split["rows"] for t in _all_text(row)}
+        assert not any(secret in text for secret in secrets for text in published)
+    assert not any(secret in got["card"] for secret in secrets)
+    assert "private text of the run was left out" in got["card"] and "Warning" not in got["card"]
+    files = run_client(hub, None, tmp_path, code="from huggingface_hub import HfApi; print(sorted(HfApi().list_repo_files('alice/public-demo', repo_type='dataset')))").stdout
+    assert "unsafe2safe_files" not in files
+
+    # the loud opt-in publishes it, and the card says so at the top
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/public-all", "--public", "--publish-private-text"])
+    got = load_from_hub(hub, None, tmp_path, "alice/public-all")
+    assert all(C.PRIVATE_CAPTION in split["columns"] for split in got["splits"].values())
+    assert "this public dataset includes private text" in got["card"]
+    out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/private-x", "--publish-private-text"], check=False)
+    assert out.returncode != 0 and "--publish-private-text is for --public" in out.stderr
+
+
+def test_without_private_text_keeps_everything_else(safe):
+    from hf_unsafe2safe.hub import WITHHELD, without_private_text
+
+    def vlm_label(row):
+        row[C.PRIVACY_REGIONS] = [dict(r, label="Jane Roe's name tag") for r in row[C.PRIVACY_REGIONS]] + [
+            {"label": "face", "category": "people", "box": [0, 0, 1, 1], "score": 1.0, "source": "retinaface-mnet025"}]
+        row[C.ANONYMIZATION] = dict(row[C.ANONYMIZATION], notes=["vlm: malformed review item 'Jane Roe' dropped"])
+        return row
+
+    marked = safe.map(vlm_label)
+    redacted = without_private_text(marked)
+    assert redacted.column_names == [c for c in marked.column_names if c not in (C.PRIVATE_CAPTION, C.PRIVACY_REVIEW)]
+    assert redacted.features[C.ANONYMIZATION] == marked.features[C.ANONYMIZATION]
+    for before, after in zip(marked, redacted):
+        assert [r["label"] for r in after[C.PRIVACY_REGIONS]] == [r["category"] for r in before[C.PRIVACY_REGIONS][:-1]] + ["face"]
+        assert [r["box"] for r in after[C.PRIVACY_REGIONS]] == [r["box"] for r in before[C.PRIVACY_REGIONS]]
+        assert after[C.ANONYMIZATION]["notes"] == [] and after[C.ANONYMIZATION]["status"] == before[C.ANONYMIZATION]["status"]
+        assert after[C.ANONYMIZATION]["error"] == (None if before[C.ANONYMIZATION]["error"] is None else WITHHELD)
+        assert after["image"] == before["image"] and after[C.PUBLIC_CAPTION] == before[C.PUBLIC_CAPTION]
 
 
 def test_refusals_upload_nothing(hub, anonymized, tmp_path):
