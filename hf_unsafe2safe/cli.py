@@ -389,6 +389,8 @@ def cmd_anonymize(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    import datasets
+
     from .demo import build_demo_dataset
     from .pipeline import anonymize_dataset, format_summary, summarize, write_run_record
     from .preview import write_preview
@@ -400,8 +402,12 @@ def cmd_demo(args) -> int:
     source = build_demo_dataset()
     anonymize = config_from_args(args, "image")
     _load_models(anonymize, args)
-    safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc)
+    cache = os.path.join(args.output, ".cache")  # the map's files, removed once the result is saved
+    safe = anonymize_dataset(source, anonymize, batch_size=args.batch_size, num_proc=args.num_proc, cache_dir=cache)
     safe.save_to_disk(target)
+    del safe
+    shutil.rmtree(cache, ignore_errors=True)
+    safe = datasets.load_from_disk(target)
     summary = summarize(safe)
     write_run_record(target, anonymize, "built-in demo", summary)
     paths = write_preview(source, safe, args.output, "image")

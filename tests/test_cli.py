@@ -121,3 +121,19 @@ def test_torchrun_processes_each_take_a_shard_and_rank_0_joins_them(image_folder
     assert joined.column_names == single.column_names and len(joined) == len(single) == 3
     assert list(joined) == list(single)
     assert (two / "unsafe2safe_run.json").exists() and not (tmp_path / "two.shards").exists()
+
+
+def test_no_private_caption_is_left_beside_the_source(tmp_path):
+    """datasets caches `map` results beside the source's own files (a save_to_disk folder) unless told otherwise;
+    the CLI keeps them in its work folder and removes it."""
+    import datasets
+
+    from hf_unsafe2safe.demo import build_demo_dataset
+
+    src = tmp_path / "src"
+    build_demo_dataset().save_to_disk(str(src))
+    before = sorted(p.name for p in src.rglob("*"))
+    assert main(["anonymize", str(src), "--output", str(tmp_path / "safe"), "--chunk-rows", "4"]) == 0
+    assert any('reading "' in (c or "") for c in datasets.load_from_disk(str(tmp_path / "safe"))[C.PRIVATE_CAPTION])
+    assert sorted(p.name for p in src.rglob("*")) == before  # no cache-*.arrow written into the source
+    assert not (tmp_path / "safe.parts").exists()

@@ -302,3 +302,24 @@ def test_the_card_carries_the_evaluation_figures_and_nothing_private(hub, anonym
     assert "worst_" not in files and "report" not in files and ".png" not in files  # numbers only, never thumbnails
     out = run_client(hub, "alice", tmp_path, args=["push", str(anonymized / "safe"), "alice/measured", "--report", str(tmp_path)], check=False)
     assert out.returncode != 0 and "report.json" in out.stderr
+
+
+def _files_holding(root, needle: bytes) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_anonymizing_a_hub_dataset_leaves_no_private_caption_in_the_cache(hub, anonymized, tmp_path):
+    """The run's outputs (lite's private captions quote the text read from the images, `reading "..."`) must
+    not stay in HF_HOME, where datasets caches map results beside the downloaded source."""
+    push_raw = f"""
+import datasets
+datasets.load_from_disk({str(anonymized / 'source')!r}).push_to_hub("alice/raw-photos", private=True)
+"""
+    run_client(hub, "alice", tmp_path, code=push_raw)
+    out = run_client(hub, "alice", tmp_path, args=["anonymize", "alice/raw-photos", "--output", str(tmp_path / "safe"), "--chunk-rows", "3"])
+    assert "rows            6" in out.stdout  # the train split, and the test split after it
+    home = max((p for p in tmp_path.iterdir() if p.name.startswith("hf-home-alice")), key=lambda p: p.stat().st_mtime)
+    assert list((home / "datasets").rglob("*.arrow"))  # the download itself is cached, as datasets does
+    assert _files_holding(tmp_path / "safe", b'reading "')  # the output does hold them (what we look for exists)
+    assert _files_holding(home, b'reading "') == []
+    assert not (tmp_path / "safe.parts").exists()
