@@ -341,7 +341,10 @@ def _load(source: str, split: str | None, exclude: tuple[str, ...] = ()):
         logging.getLogger(__name__).info("loading %s failed", source, exc_info=True)
         hint = ""
         if isinstance(err, (ConnectionError, TimeoutError)) or "reach" in str(err):
-            hint = " (no connection to the Hub? with HF_HUB_OFFLINE=1 only the local cache is used)"
+            from huggingface_hub import constants
+
+            hint = (" (HF_HUB_OFFLINE is set: only datasets already in the local cache load)" if constants.HF_HUB_OFFLINE
+                    else " (no connection to the Hub? with HF_HUB_OFFLINE=1 only the local cache is used)")
         raise SystemExit(f"error: could not load {source!r}: {_message(err)}{hint}") from err
 
 

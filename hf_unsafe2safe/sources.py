@@ -228,6 +228,8 @@ def load_source(source: str, split: str | None = None, exclude: tuple[str, ...] 
             if split not in loaded:
                 raise ValueError(f"Got {split!r} for `split`; {source!r} has splits {sorted(loaded)}")
             return loaded[split]
+        # a single Dataset saved without a split name is taken as the split asked for (evaluate names one split
+        # for an original DatasetDict and its anonymized split)
         if loaded.split is not None and str(loaded.split) != split:
             raise ValueError(f"Got {split!r} for `split`; {source!r} holds a single split, {loaded.split}")
         return loaded

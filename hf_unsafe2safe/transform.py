@@ -36,6 +36,35 @@ class RowResult:
     original: dict | None = None
 
 
+def header_pixels(data: bytes | None) -> int:
+    """Pixels of an encoded image from its header alone (0 when it cannot be read: decode reports why later)."""
+    if not data:
+        return 0
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+        return w * h
+    except Exception:  # noqa: BLE001 - unreadable here is unreadable in decode, which says why
+        return 0
+
+
+def pixel_groups(pixels: list[int], budget: int) -> list[list[int]]:
+    """Consecutive row indices cut into groups of at most ``budget`` pixels (a larger row alone)."""
+    groups: list[list[int]] = []
+    total = budget + 1
+    for i, n in enumerate(pixels):
+        if total + n > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    return groups
+
+
 def row_seed(global_seed: int, image_sha256: str) -> int:
     """Per-row seed from (global seed, image content): the same whatever batch, process or order."""
     digest = hashlib.sha256(f"{global_seed}:{image_sha256}".encode()).digest()
@@ -122,7 +151,10 @@ class Unsafe2Safe:
         if single:  # map(..., batched=False)
             batch = {k: [v] for k, v in batch.items()}
             cells = batch[col]
-        results = self._run([self._cell_bytes(cell) for cell in cells], rank)
+        items = [self._cell_bytes(cell) for cell in cells]
+        results = []
+        for group in pixel_groups([header_pixels(data) for data, _ in items], self.config.max_batch_pixels):
+            results += self._run([items[i] for i in group], rank)
         out = dict(batch)
         out[col] = [r.image for r in results]
         out.update(self._columns(results))

@@ -137,3 +137,38 @@ def test_no_private_caption_is_left_beside_the_source(tmp_path):
     assert any('reading "' in (c or "") for c in datasets.load_from_disk(str(tmp_path / "safe"))[C.PRIVATE_CAPTION])
     assert sorted(p.name for p in src.rglob("*")) == before  # no cache-*.arrow written into the source
     assert not (tmp_path / "safe.parts").exists()
+
+
+def test_user_errors_are_one_line_without_a_traceback(tmp_path):
+    """As a user meets them, in a fresh process: the exit status and the whole of stderr."""
+    from hf_unsafe2safe.demo import build_demo_dataset
+    from hf_unsafe2safe import Unsafe2Safe, anonymize_dataset
+
+    src = tmp_path / "src"
+    build_demo_dataset().select(range(2)).save_to_disk(str(src))
+    import datasets
+
+    datasets.DatasetDict({"train": datasets_load(src)}).save_to_disk(str(src) + "-dict")
+    done = tmp_path / "done"
+    anonymize_dataset(datasets_load(src), Unsafe2Safe.from_preset("lite")).save_to_disk(str(done))
+    cases = {
+        "could not load 'nobody/no-such-dataset'": ["anonymize", "nobody/no-such-dataset", "-o", str(tmp_path / "a")],
+        "was it anonymized already": ["anonymize", str(done), "-o", str(tmp_path / "b")],
+        "`editor.nope`": ["anonymize", str(src), "-o", str(tmp_path / "c"), "--set", "editor.nope=1"],
+        "--batch-size: expected an int >= 1, got 0": ["anonymize", str(src), "-o", str(tmp_path / "d"), "--batch-size", "0"],
+        "--num-proc: expected an int >= 1, got 0": ["anonymize", str(src), "-o", str(tmp_path / "e"), "--num-proc", "0"],
+        "--chunk-rows: expected an int >= 1, got -3": ["anonymize", str(src), "-o", str(tmp_path / "f"), "--chunk-rows", "-3"],
+        "has splits ['train']": ["anonymize", str(src) + "-dict", "-o", str(tmp_path / "g"), "--split", "test"],
+    }
+    for expected, args in cases.items():
+        out = subprocess.run([sys.executable, "-m", "hf_unsafe2safe.cli", *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0, args
+        assert "Traceback" not in out.stderr and expected in out.stderr, (args, out.stderr[-2000:])
+        assert len([line for line in out.stderr.splitlines() if line.startswith("error")]) == 1 or "usage:" in out.stderr
+    assert not any((tmp_path / name).exists() for name in "abcdefg")  # nothing written before the error
+
+
+def datasets_load(path):
+    import datasets
+
+    return datasets.load_from_disk(str(path))

@@ -296,3 +296,30 @@ def test_fingerprint_follows_every_prompt_file(tmp_path):
         seen.add(prompts_digest(folder))
         path.write_bytes(original)
     assert len(seen) == len(PROMPT_FILES) + 1  # a one-byte change in any file gives a new digest
+
+
+def test_a_batch_is_decoded_in_groups_bounded_by_pixels(lite):
+    from skimage import data
+
+    from hf_unsafe2safe import Unsafe2Safe, anonymize_dataset
+
+    calls = []
+
+    class Recording(Unsafe2Safe):
+        def _run(self, items, rank):
+            calls.append(len(items))
+            return super()._run(items, rank)
+
+    face = encode(data.astronaut()[::4, ::4])  # 128 x 128
+    small = encode(np.full((64, 64, 3), 90, np.uint8))  # 64 x 64
+    source = image_dataset([face, face, small, face, b"junk"])
+    bounded = anonymize_dataset(source, Recording.from_preset("lite", max_batch_pixels=2 * 128 * 128), batch_size=5)
+    assert calls == [2, 3]  # 128*128 twice fills the budget; 64*64 + 128*128 + an unreadable row fit the next
+    unbounded = anonymize_dataset(source, lite, batch_size=5)
+    import datasets
+
+    raw = datasets.Image(decode=False)
+    for a, b in zip(bounded.cast_column("image", raw), unbounded.cast_column("image", raw)):
+        assert a["image"] == b["image"] and a[C.ANONYMIZATION]["status"] == b[C.ANONYMIZATION]["status"]
+    with pytest.raises(ValueError, match="max_batch_pixels"):
+        Unsafe2Safe.from_preset("lite", max_batch_pixels=0)
