@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    a.add_argument("source", metavar="SOURCE", help="a Hub dataset id, a local folder of images (imagefolder) or a save_to_disk directory")
+    a.add_argument("source", metavar="SOURCE", help="a Hub dataset id, a local folder (every image file under it one row of split train, in sorted path order; never a split from a file name) or a save_to_disk directory")
     a.add_argument("--output", "-o", required=True, metavar="DIR", help="directory that receives the anonymized dataset (save_to_disk)")
     a.add_argument("--split", "-s", default=None, help="split to anonymize (default: every split)")
+    a.add_argument("--subset", default=None, help="subset (config) of a Hub dataset that has several; each is anonymized on its own (required there)")
     a.add_argument("--image-column", "-c", default=None, help="image column (default: the dataset's only Image column)")
     a.add_argument("--preview", default=None, metavar="PREVIEW_DIR", help="also write a before/after preview (preview.html, preview.png) here; it shows the private originals, keep it local")
     a.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (it is replaced once the new result is complete)")
@@ -330,13 +331,13 @@ def _prepare_output(path: str, overwrite: bool) -> None:
         raise SystemExit(f"error: {path!r} exists and is not empty; pass --overwrite to replace it")
 
 
-def _load(source: str, split: str | None, exclude: tuple[str, ...] = ()):
+def _load(source: str, split: str | None, exclude: tuple[str, ...] = (), subset: str | None = None):
     """``load_source`` with a one-line error for anything that stops it (a Hub id that cannot be reached, a
     missing split, a folder with nothing to read); ``-v`` logs the traceback."""
     from .sources import load_source
 
     try:
-        return load_source(source, split, exclude)
+        return load_source(source, split, exclude, subset)
     except Exception as err:  # noqa: BLE001 - datasets / huggingface_hub raise many kinds; each ends here the same way
         logging.getLogger(__name__).info("loading %s failed", source, exc_info=True)
         hint = ""
@@ -354,7 +355,7 @@ def cmd_anonymize(args) -> int:
 
     _prepare_output(args.output, args.overwrite)
     out = args.output.rstrip("/\\")
-    source = _load(args.source, args.split, exclude=(out, out + ".parts"))
+    source = _load(args.source, args.split, exclude=(out, out + ".parts"), subset=args.subset)
     parts = list(source.items()) if hasattr(source, "keys") else [(None, source)]
     try:
         column = find_image_column(parts[0][1], args.image_column)

@@ -213,13 +213,16 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())
 
 
-def load_source(source: str, split: str | None = None, exclude: tuple[str, ...] = ()):
+def load_source(source: str, split: str | None = None, exclude: tuple[str, ...] = (), subset: str | None = None):
     """A ``Dataset`` or ``DatasetDict`` from a ``save_to_disk`` directory, a local folder of images (every image
     file one row of split ``train``; see the module docstring) or a Hub dataset id. Every split, unless ``split``
-    picks one; a split that does not exist is an error."""
+    picks one; a split that does not exist is an error. A Hub dataset with several subsets (configs) needs
+    ``subset``: ``load_dataset`` would otherwise take its default one and leave the others unanonymized."""
     import datasets
 
     path = Path(source)
+    if subset is not None and path.exists():
+        raise ValueError(f"Got {subset!r} for `subset`; only a Hub dataset has subsets, not a local path")
     if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         if split is None:
@@ -240,7 +243,11 @@ def load_source(source: str, split: str | None = None, exclude: tuple[str, ...] 
         return ds if split is not None else datasets.DatasetDict({FOLDER_SPLIT: ds})
     if path.exists():
         raise ValueError(f"{source!r} is a file; give a folder of images, a save_to_disk directory or a Hub dataset id")
-    return datasets.load_dataset(source, split=split)
+    if subset is None:
+        subsets = datasets.get_dataset_config_names(source)
+        if len(subsets) > 1:
+            raise ValueError(f"{source!r} has {len(subsets)} subsets {subsets}; pick one with `subset` (--subset), each is anonymized on its own")
+    return datasets.load_dataset(source, subset, split=split)
 
 
 def find_image_column(dataset, requested: str | None) -> str:

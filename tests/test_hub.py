@@ -323,3 +323,22 @@ datasets.load_from_disk({str(anonymized / 'source')!r}).push_to_hub("alice/raw-p
     assert _files_holding(tmp_path / "safe", b'reading "')  # the output does hold them (what we look for exists)
     assert _files_holding(home, b'reading "') == []
     assert not (tmp_path / "safe.parts").exists()
+
+
+def test_a_hub_dataset_with_several_subsets_needs_one_named(hub, tmp_path):
+    push = """
+import numpy as np, io, datasets
+from PIL import Image
+def ds(n):
+    cells = []
+    for i in range(n):
+        buf = io.BytesIO(); Image.new("RGB", (16, 12), (i * 40, 80, 90)).save(buf, format="PNG"); cells.append({"bytes": buf.getvalue(), "path": None})
+    return datasets.Dataset.from_dict({"image": cells}, features=datasets.Features({"image": datasets.Image()}))
+ds(2).push_to_hub("alice/two-subsets", config_name="indoor", private=True)
+ds(3).push_to_hub("alice/two-subsets", config_name="outdoor", private=True)
+"""
+    run_client(hub, "alice", tmp_path, code=push)
+    out = run_client(hub, "alice", tmp_path, args=["anonymize", "alice/two-subsets", "--output", str(tmp_path / "all")], check=False)
+    assert out.returncode != 0 and "has 2 subsets ['indoor', 'outdoor']" in out.stderr and "Traceback" not in out.stderr
+    out = run_client(hub, "alice", tmp_path, args=["anonymize", "alice/two-subsets", "--subset", "outdoor", "--output", str(tmp_path / "outdoor")])
+    assert "rows            3" in out.stdout
