@@ -62,7 +62,7 @@ def render_dataset_card(record: dict, title: str | None = None, repo_id: str | N
     """The dataset card (README.md) of an anonymized dataset from its run record (``run_record``), from
     ``cards/dataset_card.md``; with ``repo_id`` it shows how to load the published dataset, with ``report``
     (an evaluation's ``report.json``) the figures measured on it. ``private_text``: whether the publication holds
-    the private text (``PRIVATE_TEXT``); ``public`` with it adds a warning at the top."""
+    the private text (see ``without_private_text``); ``public`` with it adds a warning at the top."""
     import jinja2
     from huggingface_hub import DatasetCardData
 
@@ -93,13 +93,12 @@ def render_dataset_card(record: dict, title: str | None = None, repo_id: str | N
     )
 
 
-# What a publication holds only when its owner says so (``private_text``): everything that can quote what was
-# found in the images (names, numbers, addresses read from them; a VLM's description of people):
+# The private text, which a publication holds only when its owner says so (``private_text``): everything that can
+# quote what was found in the images (names, numbers, addresses read from them; a VLM's description of people):
 # - the private caption (lite: the text read from the image; a VLM's: the sensitive attributes);
 # - the privacy review (a VLM's items name and quote what it saw);
 # - region labels a model wrote freely (a detector's labels and grounding phrases are a fixed vocabulary);
 # - anonymization.error and .notes (an unusable answer is kept in the error; notes quote dropped items).
-PRIVATE_TEXT = (C.PRIVATE_CAPTION, C.PRIVACY_REVIEW, f"{C.PRIVACY_REGIONS}.label", f"{C.ANONYMIZATION}.error", f"{C.ANONYMIZATION}.notes")
 WITHHELD = "withheld from this publication (it can quote what was found in the image)"
 
 
@@ -112,7 +111,7 @@ def _fixed_labels() -> frozenset[str]:
 
 
 def without_private_text(dataset):
-    """The dataset without its private text (``PRIVATE_TEXT``): ``private_caption`` and ``privacy_review`` removed,
+    """The dataset without its private text (see above): ``private_caption`` and ``privacy_review`` removed,
     region labels outside the detectors' and grounder's vocabulary replaced by their category, ``error`` withheld
     and ``notes`` emptied. Statuses, flags, categories, boxes and the public captions stay."""
     import datasets
@@ -191,7 +190,7 @@ def publish(
 
     The run record comes from ``record`` (e.g. a saved ``unsafe2safe_run.json``) or from ``anonymize`` and
     ``source`` (counts from the dataset itself). The repository is created private unless ``private=False``; an
-    existing one must already have the requested visibility. ``private_text`` (``PRIVATE_TEXT``: the private
+    existing one must already have the requested visibility. ``private_text`` (the private
     caption, the privacy review, free-text region labels, errors and notes, which can quote what was found in the
     images) is published by default in a private repository only: a public one gets it only with
     ``private_text=True``, and its card then says so at the top; ``private_text=False`` leaves it out of a private

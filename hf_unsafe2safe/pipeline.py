@@ -103,7 +103,7 @@ def _open_parts(parts: str, key: dict) -> None:
         changed = [name for name in key if previous.get(name) != key[name]]
         if changed:
             what = {"settings": "the settings (config, version or prompts)", "chunk_rows": "--chunk-rows", "input": "the input data"}
-            logger.warning("removing %s: its chunks come from a run with other %s; starting over", parts, " and ".join(what[c] for c in changed))
+            logger.warning("removing %s: its chunks were made under other %s; starting over", parts, " and ".join(what[c] for c in changed))
             shutil.rmtree(parts)
     os.makedirs(parts, exist_ok=True)
     with open(stamp, "w") as f:
