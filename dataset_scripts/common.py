@@ -71,6 +71,6 @@ def run(spec: DatasetSpec, argv=None) -> dict:
         if safe is None:
             continue  # another rank: rank 0 writes the record and the summary
         summaries[split] = summarize(safe)
-        write_run_record(out, anonymize, f"{args.source} ({split})", summaries[split])
+        write_run_record(out, anonymize, f"{args.source} ({split})", summaries[split], local=os.path.exists(args.source))
         print(f"[{split}] saved to {out}\n{format_summary(summaries[split])}")
     return summaries

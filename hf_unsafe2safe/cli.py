@@ -413,7 +413,7 @@ def cmd_demo(args) -> int:
     shutil.rmtree(cache, ignore_errors=True)
     safe = datasets.load_from_disk(target)
     summary = summarize(safe)
-    write_run_record(target, anonymize, "built-in demo", summary)
+    write_run_record(target, anonymize, "built-in demo", summary, local=False)
     paths = write_preview(source, safe, args.output, "image")
     print(format_summary(summary))
     print(f"saved: {target}  (datasets.load_from_disk({target!r}))")

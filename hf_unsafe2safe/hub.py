@@ -20,9 +20,13 @@ RUN_RECORD = "unsafe2safe_run.json"
 CARD = "README.md"
 
 
-def run_record(anonymize, source: str, summary: dict) -> dict:
-    """What a run leaves beside its data: source, config, version, prompt/template hashes and the counts."""
-    return {"source": source, **anonymize.fingerprint_state(), "summary": summary}
+def run_record(anonymize, source: str, summary: dict, local: bool | None = None) -> dict:
+    """What a run leaves beside its data: source, config, version, prompt/template hashes and the counts.
+    ``local``: the source is a path on this machine (default: whether ``source`` exists here); a publication
+    without the private text withholds such a path, which can name people as file names do."""
+    if local is None:
+        local = os.path.exists(source)
+    return {"source": source, "source_local": bool(local), **anonymize.fingerprint_state(), "summary": summary}
 
 
 def total_summary(summary: dict) -> dict:
@@ -99,6 +103,7 @@ def render_dataset_card(record: dict, title: str | None = None, repo_id: str | N
 # - the privacy review (a VLM's items name and quote what it saw);
 # - region labels a model wrote freely (a detector's labels and grounding phrases are a fixed vocabulary);
 # - anonymization.error and .notes (an unusable answer is kept in the error; notes quote dropped items).
+LOCAL_SOURCE = "a local dataset (its path is withheld from this publication)"
 WITHHELD = "withheld from this publication (it can quote what was found in the image)"
 
 
@@ -211,6 +216,8 @@ def publish(
         dataset = without_private_text(dataset)
     if record is None:
         record = run_record(anonymize, source or "unknown source", summarize(dataset))
+    if not private_text and record.get("source_local"):
+        record = {**record, "source": LOCAL_SOURCE}
 
     api = HfApi(token=token)
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)

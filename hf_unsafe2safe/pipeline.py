@@ -266,12 +266,12 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_run_record(output_dir: str, anonymize: Unsafe2Safe, source: str, summary: dict) -> dict:
+def write_run_record(output_dir: str, anonymize: Unsafe2Safe, source: str, summary: dict, local: bool | None = None) -> dict:
     """Next to the saved dataset: ``unsafe2safe_run.json`` (config, version, prompt hashes, counts) and a
-    dataset card ``README.md``."""
+    dataset card ``README.md``; ``local`` as in ``hub.run_record``."""
     from .hub import CARD, RUN_RECORD, render_dataset_card, run_record
 
-    record = run_record(anonymize, source, summary)
+    record = run_record(anonymize, source, summary, local)
     run_path = os.path.join(output_dir, RUN_RECORD)
     with open(run_path, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)

@@ -219,6 +219,8 @@ def test_a_public_push_leaves_the_private_text_out_unless_asked(hub, anonymized,
         published = {t for row in split["rows"] for t in _all_text(row)}
         assert not any(secret in text for secret in secrets for text in published)
     assert not any(secret in got["card"] for secret in secrets)
+    assert str(anonymized) not in got["card"] and str(anonymized) not in json.dumps(got["record"])  # the local source path
+    assert got["record"]["source"].startswith("a local dataset")
     assert "private text of the run was left out" in got["card"] and "Warning" not in got["card"]
     files = run_client(hub, None, tmp_path, code="from huggingface_hub import HfApi; print(sorted(HfApi().list_repo_files('alice/public-demo', repo_type='dataset')))").stdout
     assert "unsafe2safe_files" not in files
