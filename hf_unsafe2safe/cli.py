@@ -437,15 +437,20 @@ def utility_config_from_args(args):
     return UtilityConfig.paper(**values) if args.utility_paper else UtilityConfig(**values)
 
 
+def _run_config(args) -> dict:
+    """The config recorded next to a saved anonymized dataset (unsafe2safe_run.json), or {}."""
+    record = os.path.join(args.anonymized, "unsafe2safe_run.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            return json.load(f).get("config", {})
+    return {}
+
+
 def _run_seed(args) -> int:
     """--run-seed, else the seed recorded next to a saved anonymized dataset, else 0."""
     if args.run_seed is not None:
         return args.run_seed
-    record = os.path.join(args.anonymized, "unsafe2safe_run.json")
-    if os.path.isfile(record):
-        with open(record) as f:
-            return int(json.load(f).get("config", {}).get("seed", 0))
-    return 0
+    return int(_run_config(args).get("seed", 0))
 
 
 def cmd_evaluate(args) -> int:
@@ -475,6 +480,7 @@ def cmd_evaluate(args) -> int:
         report = evaluate(
             single(args.original), single(args.anonymized), metrics=metrics, key=args.key, image_column=args.image_column, seed=args.seed,
             clip_model=args.clip_model, fid_model=args.fid_model, run_seed=_run_seed(args), test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
+            global_edit=((_run_config(args).get("diffusion") or {}).get("mode") == "global"),
         )
         if args.flag_truth:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))
@@ -483,6 +489,12 @@ def cmd_evaluate(args) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch every process has the same figures: the first one writes them
     paths = report.write(args.report)
+    for w in report.warnings:
+        print(f"WARNING {w['kind']}: {w['message']}")
+    if not report.warnings:
+        print("no warnings (over-edit, copy, privacy leak, unmeasured dimension)")
+    for reason, n in report.skipped.items():
+        print(f"not measured: {n} pair(s), {reason}")
     for name, m in report.metrics.items():
         value = ("unavailable" if m.get("unavailable") else "n/a") if m["value"] is None else f"{m['value']:.4f}"
         print(f"{name:<28}{value:>12}   n={m['n']}")

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import columns as C
 from .base import Pair, PairMetric, bootstrap_ci, unavailable  # noqa: F401 - bootstrap_ci is part of this module's API
+from .checks import report_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,14 @@ class EvalReport:
     utility: dict = field(default_factory=dict)  # UtilityResult.to_dict(): runs, curves, per-class accuracy, counts
     # privacy category -> {"rows": n, "status": {status: n}, "figures": {figure: {"mean", "n"}}}
     by_category: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)  # reason -> pairs that no pair metric saw
+    warnings: list = field(default_factory=list)  # checks.report_warnings: what to look at before any number
 
     def to_dict(self) -> dict:
-        out = {"pairs": self.pairs, "metrics": self.metrics, "models": self.models, "worst_rows": self.worst}
+        out = {
+            "pairs": self.pairs, "warnings": self.warnings, "pairs_skipped": self.skipped, "metrics": self.metrics,
+            "models": self.models, "worst_rows": self.worst,
+        }
         if self.utility:
             out["utility"] = self.utility
         if self.by_category:
@@ -112,7 +118,14 @@ class EvalReport:
             fig.savefig(path, dpi=100)
             plt.close(fig)
             plots.append(os.path.basename(path))
-        lines = [f"# Unsafe2Safe evaluation ({self.pairs} pairs)", "", "| metric | value | 95% CI | n |", "|---|---|---|---|"]
+        lines = [f"# Unsafe2Safe evaluation ({self.pairs} pairs)", ""]
+        if self.warnings:
+            lines += ["## Warnings", ""] + [f"- **{w['kind']}**: {w['message']}" + (f" (`{w['figure']}` = {w['value']:.4g}, threshold {w['threshold']:g})" if w["figure"] else "") for w in self.warnings] + [""]
+        else:
+            lines += ["No warnings: no over-edit, copy, privacy leak or unmeasured dimension was detected (thresholds: hf_unsafe2safe/evaluation/checks.py).", ""]
+        if self.skipped:
+            lines += [f"Pairs not measured by any pair metric: " + ", ".join(f"{n} ({reason})" for reason, n in self.skipped.items()) + ".", ""]
+        lines += ["| metric | value | 95% CI | n |", "|---|---|---|---|"]
         for name, m in self.metrics.items():
             value = (f"unavailable ({m['unavailable']})" if m.get("unavailable") else "n/a (nothing to measure)") if m["value"] is None else f"{m['value']:.4f}"
             ci = "-" if m.get("ci95") is None else f"[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]"
@@ -377,7 +390,7 @@ def _rgb(cell):
 def evaluate(
     original, anonymized, metrics=DEFAULT_METRICS, key: str | None = None, image_column: str = "image", seed: int = 0,
     clip_model: str | None = None, test=None, utility=None, lpips=None, judge=None, demographics=None, faces=None,
-    fid_model: str | None = None, run_seed: int = 0,
+    fid_model: str | None = None, run_seed: int = 0, global_edit: bool = False,
 ) -> EvalReport:
     """Compare an anonymized dataset with its original. ``metrics``: group names (privacy, cheating, quality,
     utility, demographics), metric names (see ``METRICS``) or ``PairMetric`` instances. The models are config:
@@ -392,8 +405,12 @@ def evaluate(
     - ``judge``: ``VLMJudgeConfig``, the VLM of VLMScore and of the race question (Hub id or local folder);
     - ``demographics``: ``DemographicsConfig`` (face threshold, matching, age buckets);
     - ``utility``: ``UtilityConfig``; trains the same classifier on ``original`` and on ``anonymized`` (both the
-      training split) and tests both on ``test``, the original test split.
-    Each metric whose model cannot be loaded reports its figures ``unavailable`` with the reason.
+      training split) and tests both on ``test``, the original test split;
+    - ``global_edit``: the run rewrote whole images on purpose (``diffusion.mode="global"``), so change outside the
+      sensitive regions is not an over-edit warning.
+    Each metric whose model cannot be loaded reports its figures ``unavailable`` with the reason. The report's
+    ``warnings`` (``checks.report_warnings``) say what to look at first; ``skipped`` counts the pairs no pair
+    metric saw, by reason (an emptied image: failed or invalid input).
     """
     from datasets import Image
     from tqdm.auto import tqdm
@@ -407,6 +424,7 @@ def evaluate(
         _add_utility(report, original, anonymized, test, utility, key, image_column, seed)
     names = [n for n in names if n != "utility"]
     if not names:
+        report.warnings = report_warnings(report.metrics, global_edit)
         return report
     src = original.cast_column(image_column, Image(decode=False))
     dst = anonymized.cast_column(image_column, Image(decode=False))
@@ -414,13 +432,17 @@ def evaluate(
     active = [m for m in plugins if m.unavailable is None]
     flagged = dst[C.PRIVACY_FLAG] if C.PRIVACY_FLAG in dst.column_names else [True] * len(dst)
     regions = dst[C.PRIVACY_REGIONS] if C.PRIVACY_REGIONS in dst.column_names else [[] for _ in range(len(dst))]
+    statuses = [a["status"] if a else None for a in dst[C.ANONYMIZATION]] if C.ANONYMIZATION in dst.column_names else [None] * len(dst)
     evaluated: list[int] = []
     batch: list[Pair] = []
     for n, (i, j) in enumerate(tqdm(pairs, desc="evaluate")):
         a, b = _rgb(src[i][image_column]), _rgb(dst[j][image_column])
-        if a is not None and b is not None:  # an emptied image (failed / invalid input) leaks nothing and is not compared
+        if a is not None and b is not None:
             batch.append(Pair(j, a, b, bool(flagged[j]), regions[j] or []))
             evaluated.append(j)
+        else:  # an emptied image (failed / invalid input) leaks nothing and is not compared, but is counted
+            reason = "original image unreadable" if a is None else f"anonymized image empty (status {statuses[j] or 'unknown'})"
+            report.skipped[reason] = report.skipped.get(reason, 0) + 1
         if batch and (len(batch) == PAIR_BATCH or n == len(pairs) - 1):
             for metric in active:
                 metric.add(batch)
@@ -430,9 +452,9 @@ def evaluate(
         report.models.update(metric.models)
         if metric.unavailable is None:
             report.per_pair.update({k: v for k, v in metric.per_pair.items() if v})
+    report.warnings = report_warnings(report.metrics, global_edit)
     if C.PRIVACY_CATEGORIES in dst.column_names:
         per_row = {f: v for m in active for f, v in m.per_row.items()}
-        statuses = [a["status"] if a else None for a in dst[C.ANONYMIZATION]] if C.ANONYMIZATION in dst.column_names else [None] * len(dst)
         report.by_category = by_category(dst[C.PRIVACY_CATEGORIES], statuses, per_row)
     risk = {j: max((m.risk.get(j, 0.0) for m in active), default=0.0) for j in evaluated}
     ranked = sorted(((r, j) for j, r in risk.items()), reverse=True)[:8]
