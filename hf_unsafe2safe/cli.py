@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="privacy,cheating",
         help=(
             "comma-separated groups or metrics (default: privacy,cheating). Groups: privacy = faces,text,age_gender,race,vlm_score; "
-            "cheating = pixels,lpips; demographics = age_gender,race; quality = clip,fid (need a CLIP / vision model); utility (trains two "
+            "cheating = pixels,overedit,lpips; demographics = age_gender,race; quality = clip,fid (need a CLIP / vision model); utility (trains two "
             "classifiers). A metric whose model is not available reports `unavailable` with the reason"
         ),
     )
@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--test", default=None, metavar="SOURCE", help="where the original test split lives (default: --original)")
     u.add_argument("--test-split", default="test", help="split of the original test data (default: test)")
     u.add_argument("--label-column", default="label", help="class label column (default: label)")
-    u.add_argument("--utility-paper", action="store_true", help="start from the paper's setting: google/vit-base-patch16-224-in21k fine-tuned 100 epochs at lr 5e-4, 224 px, flip/shift augmentation (GPU)")
+    u.add_argument("--utility-paper", action="store_true", help="start from the paper's setting: facebook/vit-mae-base (MAE ViT-B/16, mean-pooled as MAE fine-tunes it) fine-tuned 100 epochs at lr 5e-4, 224 px, torchvision RandAugment (needs torchvision; GPU)")
+    u.add_argument("--utility-augment", default=None, choices=("none", "flip-shift", "randaugment"), help="training augmentation in fine-tune mode (default: none; --utility-paper: randaugment, which needs torchvision)")
+    u.add_argument("--utility-pooling", default=None, choices=("auto", "cls", "mean"), help="image feature for the head: auto (mean of the patch tokens for an MAE backbone in fine-tune mode, else CLS), cls or mean")
     u.add_argument("--utility-backbone", default=None, metavar="ID_OR_PATH", help="transformers vision model, Hub id or local path (default: builtin:vit-tiny, a small random-init ViT trained from scratch, offline)")
     u.add_argument("--utility-revision", default=None, help="revision of the backbone on the Hub")
     u.add_argument("--utility-mode", default=None, choices=("linear-probe", "fine-tune"), help="linear-probe: frozen backbone, features cached, linear head trained; fine-tune: whole model (default: fine-tune)")
@@ -429,7 +431,7 @@ def utility_config_from_args(args):
         "batch_size": args.utility_batch_size, "learning_rate": args.utility_lr, "image_size": args.utility_image_size,
         "max_train_samples": args.utility_max_train_samples, "max_test_samples": args.utility_max_test_samples,
         "failed_rows": args.utility_failed_rows, "mixed_precision": args.utility_mixed_precision,
-        "cpu": True if args.utility_cpu else None,
+        "cpu": True if args.utility_cpu else None, "augment": args.utility_augment, "pooling": args.utility_pooling,
     }
     values = {"seed": args.seed, "label_column": args.label_column, "test_split": args.test_split, **{k: v for k, v in given.items() if v is not None}}
     if args.split:

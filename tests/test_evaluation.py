@@ -68,24 +68,27 @@ def test_the_lite_preset_is_evaluated_end_to_end(originals, tmp_path):
     paths = report.write(str(tmp_path / "report"))
     md = open(paths["md"]).read()
     assert "face_sim" in md and "95% CI" in md and paths["plots"]
-    assert "worst_" in md and list((tmp_path / "report").glob("worst_*.png"))
+    # nothing identifiable was left: no pair is shown as "least private" (ties at 0 would be noise)
+    assert report.worst == [] and "Least private pairs: none" in md and not list((tmp_path / "report").glob("worst_*.png"))
     lo, hi = report.metrics["region_unchanged_share"]["ci95"]
     assert lo <= report.metrics["region_unchanged_share"]["value"] <= hi
     assert (tmp_path / "report" / "report.json").exists()
     # per privacy category: the faces of rows 0 and 2 (people), the letter's text (text_symbols)
     cats = report.by_category
     assert cats["people"]["rows"] == 2 and cats["people"]["status"] == {"edited": 2}
-    assert cats["people"]["figures"]["face_spot_distance"]["n"] == 2 and cats["people"]["figures"]["face_spot_distance"]["mean"] > 0.6
+    # the per-category table averages per-pair values: the faces' per-image figure (the headline pools faces)
+    people = cats["people"]["figures"]["face_spot_distance_per_image"]
+    assert people["n"] == 2 and people["mean"] > 0.6 and "face_spot_distance" not in cats["people"]["figures"]
     assert cats["text_symbols"]["figures"]["text_sim"]["mean"] < 0.5
     assert "categories.png" in paths["plots"] and "Per privacy category" in md
     assert json.load(open(paths["json"]))["by_category"] == cats
     page = open(paths["html"]).read()  # the same report as a page, plots and thumbnails inline
     assert "<table>" in page and "<th>95% CI</th>" in page and "face_sim" in page
-    assert all(f'src="{p}"' in page for p in paths["plots"]) and 'src="worst_' in page
+    assert all(f'src="{p}"' in page for p in paths["plots"])
     assert "<b>" in page and "**" not in page
 
 
-def test_a_copy_with_the_output_columns_is_caught_region_by_region(originals):
+def test_a_copy_with_the_output_columns_is_caught_region_by_region(originals, tmp_path):
     from hf_unsafe2safe import anonymize_dataset
     from hf_unsafe2safe import columns as C
 
@@ -94,8 +97,14 @@ def test_a_copy_with_the_output_columns_is_caught_region_by_region(originals):
     cheat = cheat.remove_columns("image").add_column("image", [{"bytes": encode(img), "path": None} for img in originals["image"]])
     cheat = cheat.cast_column("image", originals.features["image"])
     assert cheat[C.PRIVACY_FLAG] == safe[C.PRIVACY_FLAG]
-    report = evaluate(originals, cheat, metrics=["cheating"])
+    report = evaluate(originals, cheat, metrics=["cheating", "privacy"])
     assert report.metrics["region_unchanged_share"]["value"] > 0.9
+    assert {w["kind"] for w in report.warnings} >= {"copy", "privacy-leak"}
+    # the least private pairs are the copied faces and text, shown as thumbnails
+    assert report.worst and set(report.worst) <= {i for i, f in enumerate(cheat[C.PRIVACY_FLAG]) if f}
+    paths = report.write(str(tmp_path / "report"))
+    md, page = open(paths["md"]).read(), open(paths["html"]).read()
+    assert "worst_" in md and list((tmp_path / "report").glob("worst_*.png")) and 'src="worst_' in page
 
 
 def test_rows_are_aligned_by_key_or_checked_position(originals):
@@ -233,9 +242,45 @@ def test_flag_quality_against_ground_truth(originals):
     assert m["flag_precision"]["value"] == pytest.approx(2 / 3)
     assert m["flag_recall"]["value"] == pytest.approx(2 / 3)
     assert m["flag_f1"]["value"] == pytest.approx(2 / 3)
-    assert m["flag_recall"]["ci95"] == flag_quality(ds, "truth")["flag_recall"]["ci95"]  # seeded
+    assert m["flag_f1"]["ci95"] == flag_quality(ds, "truth")["flag_f1"]["ci95"]  # seeded
     with pytest.raises(ValueError, match="missing_column"):
         flag_quality(ds, "missing_column")
+
+
+def test_flag_quality_matches_scikit_learn_on_a_real_run():
+    """The lite flags of the demo photos against what each photo really holds, scored by scikit-learn."""
+    from scipy.stats import binomtest
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from hf_unsafe2safe import anonymize_dataset
+    from hf_unsafe2safe import columns as C
+    from hf_unsafe2safe.demo import build_demo_dataset
+    from hf_unsafe2safe.evaluation import flag_quality
+
+    demo = build_demo_dataset()
+    # what the demo photos hold (demo.py): a face and a name tag, scene text, an ID card, a note, a plate, EXIF GPS;
+    # the coffee, the cat and the rocket hold nothing private. Plus one row lite cannot get right: a private
+    # photo it passes (a copy of the rocket, said to be private)
+    private = {"astronaut", "scene text", "fictitious ID card", "note with phone", "car with licence", "photo with EXIF"}
+    truth = [any(name.startswith(p) for p in private) for name in demo["name"]]
+    demo = datasets_concat([demo, demo.select([3])])
+    truth.append(True)
+    safe = anonymize_dataset(demo, Unsafe2Safe.from_preset("lite")).add_column("truth", truth)
+    flags = safe[C.PRIVACY_FLAG]
+    m = flag_quality(safe, "truth")
+    assert m["flag_precision"]["value"] == pytest.approx(precision_score(truth, flags))
+    assert m["flag_recall"]["value"] == pytest.approx(recall_score(truth, flags))
+    assert m["flag_f1"]["value"] == pytest.approx(f1_score(truth, flags))
+    tp = sum(t and f for t, f in zip(truth, flags))
+    ci = binomtest(tp, sum(flags)).proportion_ci(method="wilson")
+    assert m["flag_precision"]["ci95"] == pytest.approx([ci.low, ci.high])
+    assert m["flag_recall"]["value"] < 1.0  # the rocket said to be private is missed: the figures are not all 1
+
+
+def datasets_concat(parts):
+    import datasets
+
+    return datasets.concatenate_datasets(parts)
 
 
 def test_metrics_are_chosen_by_group_or_name_and_plug_ins_join_the_report(originals, tmp_path):
@@ -243,7 +288,7 @@ def test_metrics_are_chosen_by_group_or_name_and_plug_ins_join_the_report(origin
     from hf_unsafe2safe.evaluation.base import mean_figure
     from hf_unsafe2safe.evaluation.report import resolve_metrics
 
-    assert resolve_metrics(["privacy", "faces", "cheating"]) == ["faces", "text", "age_gender", "race", "vlm_score", "pixels", "lpips"]
+    assert resolve_metrics(["privacy", "faces", "cheating"]) == ["faces", "text", "age_gender", "race", "vlm_score", "pixels", "overedit", "lpips"]
     assert resolve_metrics("demographics") == ["age_gender", "race"]
     with pytest.raises(ValueError, match="metrics"):
         resolve_metrics(["privacy", "vibes"])

@@ -14,7 +14,10 @@ from hf_unsafe2safe.evaluation import FaceSimConfig, evaluate
 from hf_unsafe2safe.evaluation.metrics import ARCFACE_TEMPLATE, align_face, arcface_transform
 
 FACES = ["faces"]
-FIGURES = ("face_sim", "face_reidentified_share", "face_vanished_share", "face_spot_distance")
+FIGURES = (
+    "face_sim", "face_sim_per_image", "face_reidentified_share", "face_vanished_share", "face_spot_distance",
+    "face_spot_distance_per_image", "face_spot_blank_share",
+)
 
 
 def _recognition_model(path, side: int = 112, seed: int = 0) -> str:
@@ -134,7 +137,8 @@ def test_blurred_and_replaced_faces_score_lower(faces, model_path):
     assert m["face_vanished_share"]["value"] == 0.5
     assert m["face_sim"]["n"] == 1 and m["face_sim"]["value"] < 0.9  # the blurred face's best match
     assert m["face_reidentified_share"]["value"] == 0.0
-    assert m["face_spot_distance"]["value"] > 0.1
+    assert m["face_spot_distance"]["value"] > 0.1 and m["face_spot_distance"]["n"] == 2  # noise is not blank: compared
+    assert m["face_spot_blank_share"]["value"] == 0.0
 
 
 @pytest.mark.parametrize("broken", ["missing", "not onnx", "wrong input"])

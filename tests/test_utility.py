@@ -241,3 +241,191 @@ def test_two_processes_under_torchrun_train_together_and_write_one_report(train,
     m = data["metrics"]
     assert m["utility_accuracy_original"]["value"] > CHANCE + 0.2 and m["utility_accuracy_anonymized"]["value"] < CHANCE + 0.15
     assert data["utility"]["test_samples"] == 30 and data["utility"]["processes"] == 2
+
+
+# ---- the paper setting: an MAE ViT-B/16 encoder, mean pooling, torchvision's RandAugment ----------------------
+
+
+def _torchvision_runs() -> bool:
+    try:
+        from torchvision.transforms import RandAugment  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent, or PyPI's build beside a CPU torch: RuntimeError "operator torchvision::nms does not exist"
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tiny_mae(tmp_path_factory):
+    """A random-weight ViTMAEForPreTraining (2 layers, width 32, 32 px, 8 px patches: 16 patches) with a ViT image
+    processor, saved with save_pretrained like facebook/vit-mae-base (encoder under vit.*, plus the decoder)."""
+    import torch
+    from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    config = ViTMAEConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+    )
+    model = ViTMAEForPreTraining(config)
+    path = str(tmp_path_factory.mktemp("mae") / "vit-mae-tiny")
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+    return path, model.eval()
+
+
+def test_paper_setting_matches_the_paper(tiny_mae):
+    from hf_unsafe2safe.evaluation.utility import PAPER_BACKBONE
+
+    assert PAPER_BACKBONE == "facebook/vit-mae-base"
+    config = UtilityConfig.paper(augment="flip-shift")  # the explicit request for another augmentation
+    assert (config.backbone, config.mode, config.epochs, config.learning_rate, config.image_size, config.pooling) == (PAPER_BACKBONE, "fine-tune", 100, 5e-4, 224, "auto")
+    assert config.augment == "flip-shift"
+    if _torchvision_runs():
+        assert UtilityConfig.paper().augment == "randaugment"
+    # the former boolean still means what it meant
+    assert UtilityConfig(augment=True).augment == "flip-shift" and UtilityConfig(augment=False).augment == "none" == UtilityConfig().augment
+    with pytest.raises(ValueError, match="utility.augment"):
+        UtilityConfig(augment="autoaugment")
+    with pytest.raises(ValueError, match="utility.pooling"):
+        UtilityConfig(pooling="max")
+
+
+def test_without_torchvision_the_paper_setting_is_refused_with_the_fix(monkeypatch, tmp_path):
+    """No silent fallback: RandAugment without torchvision fails when the config is built (API and CLI), naming
+    the fix; flip-and-shift runs only when asked for."""
+    import sys
+
+    from hf_unsafe2safe.cli import main
+    from hf_unsafe2safe.evaluation.utility import TorchvisionUnavailable
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # what a machine without torchvision sees
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", None)
+    with pytest.raises(TorchvisionUnavailable) as caught:
+        UtilityConfig.paper()
+    message = str(caught.value)
+    assert isinstance(caught.value, ImportError) and isinstance(caught.value, ValueError)
+    assert "needs torchvision.transforms.RandAugment" in message and "pip install 'torchvision==0." in message and "augment='flip-shift'" in message
+    with pytest.raises(TorchvisionUnavailable):
+        UtilityConfig(augment="randaugment")
+    assert UtilityConfig.paper(augment="flip-shift").augment == "flip-shift"
+    args = ["evaluate", "--original", str(tmp_path / "src"), "--split", "train", "--anonymized", str(tmp_path / "safe"), "--metrics", "utility", "--utility-paper", "--report", str(tmp_path / "r")]
+    with pytest.raises(SystemExit, match="needs torchvision"):
+        main(args)
+
+
+def test_mae_checkpoint_loads_as_a_vit_that_sees_every_patch(tiny_mae):
+    """The MAE encoder weights land in a ViTModel through the real from_pretrained; with every patch kept its
+    output is the MAE encoder's at mask ratio 0 in the original patch order, and two passes are identical.
+    ViTMAEModel itself, even at mask_ratio=0, shuffles the patch tokens anew on every pass (the pitfall)."""
+    import torch
+    from transformers import AutoConfig, ViTMAEModel, ViTModel
+
+    from hf_unsafe2safe.evaluation.utility import load_backbone
+
+    path, mae = tiny_mae
+    bb = load_backbone(path)
+    assert isinstance(bb.model, ViTModel) and bb.mae and bb.image_size == 32 and bb.feature_dim == 32
+    assert bb.mean == [0.485, 0.456, 0.406] and bb.name == path
+    for name, tensor in bb.model.state_dict().items():  # every encoder tensor is the checkpoint's
+        assert torch.equal(tensor, mae.state_dict()[f"vit.{name}"]), name
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        first, second = bb.model(pixel_values=x).last_hidden_state, bb.model(pixel_values=x).last_hidden_state
+        assert first.shape == (3, 1 + 16, 32) and torch.equal(first, second)  # CLS + all 16 patches, deterministic
+        cfg = AutoConfig.from_pretrained(path)
+        cfg.mask_ratio = 0.0
+        masked = ViTMAEModel.from_pretrained(path, config=cfg).eval()
+        in_order = masked(pixel_values=x, noise=torch.arange(16.0).expand(3, 16)).last_hidden_state  # identity "shuffle"
+        assert torch.allclose(first, in_order, atol=1e-5)
+        a, b = masked(pixel_values=x).last_hidden_state, masked(pixel_values=x).last_hidden_state
+        assert a.shape == first.shape and not torch.allclose(a[:, 1:], b[:, 1:], atol=1e-3)  # ViTMAEModel: shuffled patches
+
+
+def test_mae_fine_tuning_pools_the_patches_as_mae_does(tiny_mae, train, test_split):
+    """pooling="auto" with an MAE backbone in fine-tune mode: mean of the patch tokens of the last block (the
+    final LayerNorm dropped), a new LayerNorm, the linear head; in linear-probe mode the CLS token."""
+    import torch
+
+    from hf_unsafe2safe.evaluation.utility import UtilityTrainer
+
+    path, _ = tiny_mae
+    trainer = UtilityTrainer(UtilityConfig.paper(backbone=path, image_size=None, augment="flip-shift", epochs=1))
+    assert trainer.pooling == "mean"
+    model = trainer._module(False, 3)
+    assert isinstance(model.backbone.layernorm, torch.nn.Identity) and not isinstance(trainer.backbone.model.layernorm, torch.nn.Identity)
+    assert isinstance(model.head[0], torch.nn.LayerNorm) and model.head[1].out_features == 3
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        x = (pixels.float() / 255 - model.mean) / model.std
+        encoded = trainer.backbone.model(pixel_values=x, output_hidden_states=True).hidden_states[-1]  # last block, before the final LayerNorm
+        assert torch.allclose(model(pixels), model.head(encoded[:, 1:].mean(1)), atol=1e-5)
+        assert torch.equal(model(pixels), model(pixels))
+    assert UtilityTrainer(UtilityConfig(backbone=path, mode="linear-probe")).pooling == "cls"
+    assert UtilityTrainer(UtilityConfig(backbone=path, pooling="cls")).pooling == "cls"
+    r = evaluate_utility(train, train, test_split, UtilityConfig.paper(backbone=path, image_size=None, augment="flip-shift", epochs=2, batch_size=8))
+    assert r.pooling == "mean" and r.to_dict()["pooling"] == "mean" and r.model == path and len(r.original.loss) == 2
+    assert r.original.loss == r.anonymized.loss  # the same data from the same state: the same classifier
+    # a ViT backbone pools the mean on request, a non-ViT cannot
+    assert UtilityTrainer(UtilityConfig(pooling="mean")).pooling == "mean"
+
+
+def _fake_torchvision(monkeypatch, calls):
+    """A stand-in torchvision.transforms.RandAugment that records its settings and, per call, adds a value drawn
+    from torch's global generator: it shows how RandAugment is driven where torchvision cannot run."""
+    import sys
+    import types
+
+    import torch
+
+    class RandAugment:
+        def __init__(self, num_ops=2, magnitude=9, **_):
+            calls.append(("init", num_ops, magnitude))
+
+        def __call__(self, image):
+            assert image.dtype == torch.uint8 and image.ndim == 3  # one image at a time, uint8 CHW
+            calls.append(("call", tuple(image.shape)))
+            return (image.int() + int(torch.randint(0, 40, ()))).clamp(0, 255).to(torch.uint8)
+
+    package, transforms = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+    transforms.RandAugment = RandAugment
+    package.transforms = transforms
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
+
+
+def test_randaugment_is_drawn_per_image_seeded_and_trains(monkeypatch, train, test_split):
+    import torch
+
+    from hf_unsafe2safe.evaluation.utility import _RandAugment
+
+    calls = []
+    _fake_torchvision(monkeypatch, calls)
+    batch = torch.full((4, 3, 8, 8), 100, dtype=torch.uint8)
+    state = torch.random.get_rng_state()
+    out = _RandAugment(seed=0)(batch)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the model's random state is left alone
+    assert calls[0] == ("init", 2, 9) and calls[1:] == [("call", (3, 8, 8))] * 4
+    assert out.shape == batch.shape and out.dtype == torch.uint8 and len({int(o[0, 0, 0]) for o in out}) > 1  # per image
+    assert torch.equal(_RandAugment(seed=0)(batch), out) and not torch.equal(_RandAugment(seed=1)(batch), out)
+    config = UtilityConfig(epochs=2, batch_size=8, augment="randaugment")
+    first = evaluate_utility(train, train, test_split, config)
+    assert first.original.loss == first.anonymized.loss and first.to_dict()["augment"] == "randaugment"
+    assert sum(c[0] == "call" for c in calls) >= 4 + 2 * 2 * 36
+
+
+@pytest.mark.skipif(not _torchvision_runs(), reason="torchvision does not import beside this torch (CPU machines: PyPI's torchvision needs a CUDA torch)")
+def test_paper_setting_with_real_randaugment(tiny_mae, train, test_split):
+    """Where torchvision runs (GPU machines): the paper setting as is, on the tiny MAE checkpoint."""
+    import torch
+
+    from hf_unsafe2safe.evaluation.utility import _RandAugment
+
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    out = _RandAugment(seed=0)(batch)
+    assert out.shape == batch.shape and out.dtype == torch.uint8 and torch.equal(_RandAugment(seed=0)(batch), out) and not torch.equal(out, batch)
+    path, _ = tiny_mae
+    config = UtilityConfig.paper(backbone=path, image_size=None, epochs=2, batch_size=8)
+    assert config.augment == "randaugment"
+    r = evaluate_utility(train, train, test_split, config)
+    # the same data from the same state: the same classifier (exactly on a CPU; a GPU's kernels may round otherwise)
+    assert r.pooling == "mean" and r.original.loss == pytest.approx(r.anonymized.loss, rel=1e-3) and len(r.original.loss) == 2

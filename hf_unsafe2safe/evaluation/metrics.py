@@ -7,11 +7,14 @@ Privacy
   face is compared with every face found in the anonymized image (best match) and with whatever is left at its
   own spot. Besides the paper's mean best-match cosine similarity we count what the reference skips: faces that
   vanished (no face detected in the anonymized image) and faces re-identified (the embedder's own same-person
-  rule: dlib distance < 0.6, or ArcFace cosine >= the configured threshold).
+  rule: dlib distance < 0.6, or ArcFace cosine >= the configured threshold). A spot left blank (a uniform fill,
+  ``blank_crop``) is counted apart instead of being embedded.
 - TextSim: text read by a full OCR (PP-OCRv4 via rapidocr) in both images, compared with rapidfuzz's
-  token-set ratio / 100, plus the leak rate of the original's identifier-like strings (4+ alphanumerics).
+  token-set ratio / 100 when the original has at least ``MIN_TEXT_CHARS`` letters or digits, plus the leak
+  rate of the original's identifier-like strings (4+ alphanumerics).
 Cheating (did the output just copy the source?)
-- SSIM of the two images (grey, 256 px on the longer side) and a 64-bit perceptual hash (DCT) distance.
+- SSIM of the two images (scikit-image's definition: RGB, full resolution) and the distance between their
+  64-bit DCT perceptual hashes (imagehash's algorithm).
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ import numpy as np
 
 DLIB_SAME_PERSON = 0.6
 _TOKEN = re.compile(r"[A-Za-z0-9@.+-]{4,}")
+# TextSim compares only originals whose OCR text holds at least this many letters or digits in total (as many as
+# the shortest identifier-like string): OCR noise on a photo without text ("O", "S=") is not text
+MIN_TEXT_CHARS = 4
+# a crop whose grey-level standard deviation (0-255) is under this is blank: nothing left to compare. A uniform
+# fill measures 0 (0.5 after JPEG q92); the astronaut's face 54, a sigma-30 blur of it 16, the lite preset's
+# smooth fill 7.4, the lowest-contrast of six LFW faces 27
+BLANK_STD = 3.0
 
 # where InsightFace's recognition models expect the eyes, nose tip and mouth corners in their 112x112 input
 ARCFACE_SIZE = 112
@@ -39,9 +49,26 @@ _BOX_CENTRE, _BOX_SIDE = (56.0, 67.0), 91.0
 class FacePair:
     faces: int = 0  # faces found in the original
     best_cosine: list[float] = field(default_factory=list)  # per original face with a counterpart
-    spot_distance: list[float] = field(default_factory=list)  # the embedder's distance to the pixels at its own spot
+    spot_distance: list[float] = field(default_factory=list)  # per original face whose spot is not blank: the embedder's distance to the pixels there
     vanished: int = 0  # original faces with no face at all in the anonymized image
     reidentified: int = 0  # original faces whose best match is the same person by the embedder's rule
+    blank_spots: int = 0  # original faces whose spot in the anonymized image is blank (``blank_crop``): not embedded
+
+
+def blank_crop(rgb: np.ndarray, box, threshold: float = BLANK_STD) -> bool:
+    """Whether the box (x0, y0, x1, y1), clipped to the image, is blank: the standard deviation of its grey levels
+    (0-255) under ``threshold``, i.e. a uniform fill such as a blackout, with JPEG noise at most. An empty box is
+    blank."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    if x1 <= x0 or y1 <= y0:
+        return True
+    crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
+    return float(grey.std()) < threshold
 
 
 class FaceEmbedder:
@@ -183,9 +210,14 @@ class FaceMatcher:
         after = [emb.embed(anonymized, box, points) for box, _, points in self.detector.detect(anonymized)]
         for box, _, points in faces:
             e = emb.embed(original, box, points)
-            # the same spot in the anonymized image, aligned as the original face was (a face may no longer be found there)
-            spot = emb.embed(anonymized, _scaled(box, original, anonymized), _scaled_points(points, original, anonymized))
-            result.spot_distance.append(emb.distance(e, spot))
+            # the same spot in the anonymized image, aligned as the original face was (a face may no longer be found
+            # there); a blank spot is counted, not embedded: an embedding of a uniform fill says nothing
+            spot_box = _scaled(box, original, anonymized)
+            if blank_crop(anonymized, spot_box):
+                result.blank_spots += 1
+            else:
+                spot = emb.embed(anonymized, spot_box, _scaled_points(points, original, anonymized))
+                result.spot_distance.append(emb.distance(e, spot))
             if not after:
                 result.vanished += 1
                 continue
@@ -229,11 +261,17 @@ class TextReader:
         return [text for _, text in self.lines(rgb)]
 
 
-def text_similarity(before: list[str], after: list[str]) -> float | None:
-    """rapidfuzz token-set ratio / 100 of all text read; None when the original has no text."""
+def text_chars(lines: list[str]) -> int:
+    """Letters and digits in all the text read (``str.isalnum``; spaces and punctuation do not count)."""
+    return sum(c.isalnum() for line in lines for c in line)
+
+
+def text_similarity(before: list[str], after: list[str], min_chars: int = MIN_TEXT_CHARS) -> float | None:
+    """rapidfuzz token-set ratio / 100 of all text read; None when the original's text holds fewer than
+    ``min_chars`` letters or digits in total (no text, or OCR noise such as "O" on a photo)."""
     from rapidfuzz import fuzz
 
-    if not before:
+    if text_chars(before) < min_chars:
         return None
     return fuzz.token_set_ratio(" ".join(before), " ".join(after)) / 100.0
 
@@ -245,32 +283,72 @@ def leaked_strings(before: list[str], after: list[str]) -> tuple[int, int]:
     return len(tokens), sum(1 for t in tokens if t in after_text)
 
 
-def _grey(rgb: np.ndarray, side: int = 256) -> np.ndarray:
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B, OpenCV's RGB2GRAY) as float64, full resolution."""
     import cv2
 
-    h, w = rgb.shape[:2]
-    scale = side / max(h, w)
-    small = cv2.resize(rgb, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    if rgb.ndim == 2:
+        return rgb.astype(np.float64)
+    return cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY).astype(np.float64)
 
 
-def ssim(original: np.ndarray, anonymized: np.ndarray) -> float:
+SSIM_WINDOW = 7  # scikit-image's default: a 7x7 uniform window, K1 = 0.01, K2 = 0.03, sample covariance
+_SSIM_STRIP = 256  # rows per strip: the float64 buffers stay a few MB whatever the image size
+
+
+def ssim(original: np.ndarray, anonymized: np.ndarray) -> float | None:
+    """Mean SSIM exactly as ``skimage.metrics.structural_similarity(original, anonymized, channel_axis=2,
+    data_range=255)`` computes it (its defaults: 7x7 uniform window, K1 0.01, K2 0.03, sample covariance, the
+    3-pixel border left out, the mean over pixels and then over channels), at full resolution, RGB (a 2-D array:
+    grey). Run with OpenCV box filters on horizontal strips: about 3x faster than scikit-image and its memory
+    bounded on very large images, with the same value (to 1e-12). An anonymized image of another size is first
+    resized (area interpolation) to the original's. None when a side is under 7 pixels (scikit-image refuses)."""
     import cv2
-    from skimage.metrics import structural_similarity
 
-    a = _grey(original)
-    b = cv2.resize(_grey(anonymized), (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
-    return float(structural_similarity(a, b, data_range=255))
+    a = original
+    b = anonymized
+    if b.shape[:2] != a.shape[:2]:
+        b = cv2.resize(np.ascontiguousarray(b), (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
+    h, w = a.shape[:2]
+    a, b = a.reshape(h, w, -1), b.reshape(h, w, -1)
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs images with the same channels; got {a.shape} and {b.shape}")
+    win = SSIM_WINDOW
+    if min(h, w) < win:
+        return None
+    pad, count = (win - 1) // 2, win * win
+    cov = count / (count - 1.0)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    box = lambda z: cv2.boxFilter(z, -1, (win, win), normalize=True, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    total = 0.0
+    for c in range(a.shape[2]):
+        for r0 in range(pad, h - pad, _SSIM_STRIP):
+            r1 = min(h - pad, r0 + _SSIM_STRIP)  # output rows r0..r1 need input rows r0 - pad .. r1 + pad
+            x = a[r0 - pad : r1 + pad, :, c].astype(np.float64)
+            y = b[r0 - pad : r1 + pad, :, c].astype(np.float64)
+            ux, uy = box(x), box(y)
+            vx = cov * (box(x * x) - ux * ux)
+            vy = cov * (box(y * y) - uy * uy)
+            vxy = cov * (box(x * y) - ux * uy)
+            s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+            total += float(s[pad:-pad, pad:-pad].sum())  # the border rows/columns scikit-image crops
+    return total / (a.shape[2] * (h - 2 * pad) * (w - 2 * pad))
 
 
 def phash(rgb: np.ndarray) -> int:
-    """64-bit DCT perceptual hash."""
-    import cv2
+    """64-bit DCT perceptual hash, the algorithm of ``imagehash.phash`` (default sizes): the image to grey
+    (Pillow's "L") resized to 32x32 with Lanczos, a 2-D type-II DCT (unnormalized), its 8x8 lowest frequencies
+    (DC included) compared with their median; bit i (row-major over the 8x8, most significant first) is 1 where
+    the coefficient is above the median. Gives imagehash's hash bit for bit (``int(str(imagehash.phash(img)),
+    16)``)."""
+    from PIL import Image
+    from scipy.fft import dct
 
-    small = cv2.resize(_grey(rgb), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-    low = cv2.dct(small)[:8, :8].flatten()
-    bits = low > np.median(low[1:])
-    return int("".join("1" if b else "0" for b in bits), 2)
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    small = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = dct(dct(small, axis=0), axis=1)[:8, :8]
+    bits = (low > np.median(low)).ravel()
+    return int("".join("1" if bit else "0" for bit in bits), 2)
 
 
 def hamming(a: int, b: int) -> int:

