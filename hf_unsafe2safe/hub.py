@@ -93,6 +93,7 @@ def render_dataset_card(record: dict, title: str | None = None, repo_id: str | N
         private_text=private_text,
         public=public,
         evaluation=evaluation_rows(report) if report else [],
+        evaluation_warnings=[f"{w['kind']}: {w['message']}" for w in (report or {}).get("warnings", [])],
         evaluated_pairs=(report or {}).get("pairs", 0),
     )
 
