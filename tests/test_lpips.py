@@ -1,5 +1,6 @@
 """LPIPS from torchvision-format backbone weights and lpips-format calibration weights (random here: no
-package ships the ImageNet ones), checked against a plain per-position reference and on real photos."""
+package ships the ImageNet ones), checked against a plain per-position reference, against torchmetrics' LPIPS
+formula, and on real photos."""
 
 import numpy as np
 import pytest
@@ -118,3 +119,67 @@ def test_lpips_config_and_command_line(tmp_path):
     assert "lpips.png" in (tmp_path / "r" / "report.md").read_text()
     with pytest.raises(SystemExit, match="both paths or neither"):
         main(common + ["--report", str(tmp_path / "r2"), "--lpips-backbone", backbone])
+
+
+def _torchmetrics_lpips(backbone_path, lin_path, net, a, b):
+    """LPIPS as torchmetrics writes it (its ScalingLayer, NetLinLayer, _normalize_tensor and _spatial_average, and
+    its slicing of torchvision's `features` into five stages), on a backbone Sequential laid out here as torchvision
+    lays out AlexNet / VGG16 (torchmetrics itself would take it from torchvision, which cannot run beside this CPU
+    torch) and loaded from the same files."""
+    from torch import nn
+    from torchmetrics.functional.image.lpips import NetLinLayer, ScalingLayer, _normalize_tensor, _spatial_average
+
+    if net == "vgg":
+        cfg, layers, cin = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"], [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+                cin = v
+        stages, chns = [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)], [64, 128, 256, 512, 512]
+    else:
+        layers = [nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True),
+                  nn.MaxPool2d(3, 2), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+                  nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2)]
+        stages, chns = [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], [64, 192, 384, 256, 256]
+    features = nn.Sequential(*layers)
+    state = torch.load(backbone_path, weights_only=True)
+    features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+    lin_state = torch.load(lin_path, weights_only=True)
+    lins = []
+    for i, c in enumerate(chns):
+        lin = NetLinLayer(c, use_dropout=True)
+        lin.load_state_dict({"model.1.weight": lin_state[f"lin{i}.model.1.weight"]})
+        lins.append(lin.eval())
+    scaling = ScalingLayer()
+    total = 0.0
+    with torch.no_grad():
+        x0, x1 = scaling(a), scaling(b)
+        for (start, end), lin in zip(stages, lins):
+            x0, x1 = features[start:end](x0), features[start:end](x1)
+            diff = (_normalize_tensor(x0) - _normalize_tensor(x1)) ** 2
+            total += float(_spatial_average(lin(diff), keep_dim=True).sum())
+    return total
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_matches_torchmetrics_formula_on_real_photos(tmp_path, net):
+    pytest.importorskip("torchmetrics")
+    from skimage import data
+
+    backbone, lin = _weights(tmp_path, net, seed=3)
+    metric = LPIPS(net, backbone, lin, side=96)
+    photo = data.astronaut()[::4, ::4].copy()
+    mirrored = np.ascontiguousarray(photo[:, ::-1])  # another real image of the same size
+    coffee = data.coffee()[::4, ::4].copy()
+    for a, b in ((photo, mirrored), (coffee, np.ascontiguousarray(coffee[::-1]))):
+        size = _side(a, 96)
+        theirs = _torchmetrics_lpips(backbone, lin, net, metric._tensor(a, size), metric._tensor(b, size))
+        assert metric.distance(a, b) == pytest.approx(theirs, rel=1e-4) and theirs > 0
+
+
+def _side(rgb, side):
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    return (max(16, round(w * scale)), max(16, round(h * scale)))
