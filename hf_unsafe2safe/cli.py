@@ -448,11 +448,11 @@ def _run_config(args) -> dict:
     return {}
 
 
-def _run_seed(args) -> int:
-    """--run-seed, else the seed recorded next to a saved anonymized dataset, else 0."""
+def _run_seed(args, run: dict) -> int:
+    """--run-seed, else the seed of the run's recorded config (``_run_config``), else 0."""
     if args.run_seed is not None:
         return args.run_seed
-    return int(_run_config(args).get("seed", 0))
+    return int(run.get("seed", 0))
 
 
 def cmd_evaluate(args) -> int:
@@ -469,6 +469,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation import FaceSimConfig, LPIPSConfig, VLMJudgeConfig
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    run = _run_config(args)
     utility, test = None, None
     try:
         faces = FaceSimConfig(embedder=args.face_embedder, model_path=args.face_model, same_person_cosine=args.face_same_person)
@@ -481,8 +482,8 @@ def cmd_evaluate(args) -> int:
             test = _load(args.test or args.original, args.test_split)
         report = evaluate(
             single(args.original), single(args.anonymized), metrics=metrics, key=args.key, image_column=args.image_column, seed=args.seed,
-            clip_model=args.clip_model, fid_model=args.fid_model, run_seed=_run_seed(args), test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
-            global_edit=((_run_config(args).get("diffusion") or {}).get("mode") == "global"),
+            clip_model=args.clip_model, fid_model=args.fid_model, run_seed=_run_seed(args, run), test=test, utility=utility, lpips=lpips, judge=judge, faces=faces,
+            global_edit=((run.get("diffusion") or {}).get("mode") == "global"),
         )
         if args.flag_truth:
             report.metrics.update(flag_quality(single(args.anonymized), args.flag_truth, args.seed))

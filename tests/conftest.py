@@ -44,3 +44,15 @@ def lite():
     from hf_unsafe2safe import Unsafe2Safe
 
     return Unsafe2Safe.from_preset("lite")
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """scikit-image's astronaut photo and its face box as RetinaFace finds it (score 0.5)."""
+    from skimage import data
+
+    from hf_unsafe2safe.inspection.lite import FaceDetector
+
+    face = data.astronaut()
+    (x0, y0, x1, y1), _ = FaceDetector(0.5, 1280)(face)[0]
+    return face, tuple(int(v) for v in (x0, y0, x1, y1))

