@@ -256,6 +256,10 @@ class DiffusionEditorConfig(ModelConfig):
     attention_backend: str = ""
     # SD3 without its T5 encoder (diffusers' documented memory saver; also what the tiny test model has)
     without_t5: bool = False
+    # LoRA adapter folder (or Hub id) written by `unsafe2safe finetune --lora-rank R`, loaded into the editor's
+    # denoiser with diffusers' `load_lora_weights`; "" = none
+    lora: str = ""
+    lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
         from .editing.diffusion import DEFAULT_EDITOR_MODELS, EDITOR_DEFAULTS, EDITORS
@@ -280,6 +284,8 @@ class DiffusionEditorConfig(ModelConfig):
         _check(self.compile in ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"), "diffusion.compile", self.compile, "'' or a torch.compile mode")
         _check(not self.attention_backend or self.name in ("kontext", "qwen-image-edit"), "diffusion.attention_backend", self.attention_backend, f"'' for {self.name} (its attention is PyTorch SDPA; only kontext and qwen-image-edit dispatch through diffusers' backends)")
         _check(self.dual_prompt in (False, True) and (not self.dual_prompt or self.name == "instruct-pix2pix"), "diffusion.dual_prompt", self.dual_prompt, "false, or true with instruct-pix2pix")
+        _check(isinstance(self.lora, str), "diffusion.lora", self.lora, "'' or an adapter folder / Hub id")
+        _check(isinstance(self.lora_scale, (int, float)) and self.lora_scale > 0, "diffusion.lora_scale", self.lora_scale, "a number > 0")
         _check(isinstance(self.leak_check, bool), "diffusion.leak_check", self.leak_check, "true or false")
         _check(0 < self.face_leak_distance <= 2, "diffusion.face_leak_distance", self.face_leak_distance, "a number in (0, 2]")
         _check(0 < self.text_leak_similarity <= 1, "diffusion.text_leak_similarity", self.text_leak_similarity, "a number in (0, 1]")

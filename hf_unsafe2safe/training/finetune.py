@@ -55,6 +55,10 @@ class FinetuneConfig:
     # fine-tuned editor next to the source and the run's own result; 0 = none
     samples: int = 4
     sample_steps: int = 20
+    # LoRA fine-tuning (peft): rank of the adapters on the denoiser's attention projections; 0 = full fine-tuning.
+    # The output is then an adapter folder that `diffusion.lora` loads on top of `base`
+    lora_rank: int = 0
+    lora_alpha: float | None = None  # None: = lora_rank (scale 1)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.base, str) and bool(self.base), "finetune.base", self.base, "an InstructPix2Pix pipeline id or folder")
@@ -66,6 +70,8 @@ class FinetuneConfig:
         _check(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.steps, "finetune.warmup_steps", self.warmup_steps, f"an int in [0, steps={self.steps}]")
         _check(self.learning_rate > 0 and self.weight_decay >= 0 and self.max_grad_norm > 0, "finetune.learning_rate / weight_decay / max_grad_norm", (self.learning_rate, self.weight_decay, self.max_grad_norm), "lr > 0, decay >= 0, grad norm > 0")
         _check(0 <= self.condition_dropout < 1 / 3, "finetune.condition_dropout", self.condition_dropout, "a probability in [0, 1/3)")
+        _check(isinstance(self.lora_rank, int) and self.lora_rank >= 0, "finetune.lora_rank", self.lora_rank, "an int >= 0 (0: full fine-tuning)")
+        _check(self.lora_alpha is None or self.lora_alpha > 0, "finetune.lora_alpha", self.lora_alpha, "None or a number > 0")
         _check(self.mixed_precision in ("no", "fp16", "bf16"), "finetune.mixed_precision", self.mixed_precision, "'no', 'fp16' or 'bf16'")
 
 
