@@ -110,6 +110,10 @@ class InstructPix2PixEditor:
         self.config, self.device, self._torch = config, device, torch
         self.pipe = self.load_pipeline(config, pick_dtype(config.dtype, device)).to(device)
         self.pipe.set_progress_bar_config(disable=True)
+        if config.lora:
+            # an adapter from `unsafe2safe finetune --lora-rank R`, through the pipeline's own LoRA loader
+            self.pipe.load_lora_weights(config.lora, adapter_name="unsafe2safe")
+            self.pipe.set_adapters(["unsafe2safe"], adapter_weights=[config.lora_scale])
         self.multiple = self.size_multiple()
         denoiser = getattr(self.pipe, "transformer", None) or self.pipe.unet
         if config.attention_backend:

@@ -59,6 +59,10 @@ class FinetuneConfig:
     # The output is then an adapter folder that `diffusion.lora` loads on top of `base`
     lora_rank: int = 0
     lora_alpha: float | None = None  # None: = lora_rank (scale 1)
+    # the paper's triplet filter: a pair is kept when CLIP(edited, public caption) / CLIP(original, public caption)
+    # exceeds clip_threshold; clip_model = a CLIP Hub id or folder ("" = no filter, and the record says so)
+    clip_model: str = ""
+    clip_threshold: float = 0.7
 
     def __post_init__(self) -> None:
         _check(isinstance(self.base, str) and bool(self.base), "finetune.base", self.base, "an InstructPix2Pix pipeline id or folder")
