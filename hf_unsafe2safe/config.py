@@ -165,20 +165,48 @@ def check_chat_backend(name: str, backend: str, vllm_options: dict, attn_impleme
 
 @dataclass
 class VLMInspectorConfig(ChatModelConfig):
-    """Stage 1 with a vision-language model: flag, review, dual captions and boxes in one answer per image."""
+    """Stage 1 with a vision-language model: flag, review, dual captions and boxes.
 
-    box_format: str = "relative1000"  # how the model writes boxes (Qwen3-VL, InternVL: 0-1000 relative)
+    ``passes``: 1 (the ``fast`` default) asks one JSON answer per image for everything; 2 (the ``paper`` preset) runs
+    Stage 1 as the paper does: a flag pass with a one-word answer (is the image privacy-prone? an unclear answer
+    counts as yes) for every image, then a caption pass (categories, review of up to 5 items, private and public
+    captions, and the boxes the region editors need) for the flagged images only, optionally conditioned on the
+    image's class label (the paper's ``{image_class}``; see ``class_column``).
+    """
+
+    # how the model writes boxes: "auto" (the convention of the model's family: Qwen2.5-VL absolute pixels of its
+    # resized input, Qwen2-VL / Qwen3-VL / InternVL 0-1000 relative, anything else relative1000 as the prompt asks;
+    # sources in inspection/vlm.py FAMILY_BOX_FORMATS), "relative1000", "relative1" or "absolute"
+    box_format: str = "auto"
     # the image is shown with its longer side at most this, aspect ratio kept (no square squashing)
     image_max_side: int = 1024
     image_min_side: int = 28
-    repair: bool = True  # one repair turn for an invalid answer
+    # second chances for an unusable answer: a repair turn for an invalid one, a larger budget
+    # (retry_max_new_tokens) for one cut off at max_new_tokens
+    repair: bool = True
     categories: list[str] | None = None  # restrict the taxonomy to these ids (None: all nine)
     extra_categories: dict[str, str] = field(default_factory=dict)  # add categories: id -> description
+    passes: int = 1  # 1: one JSON answer per image; 2: flag pass, then caption pass for flagged images (the paper)
+    # budget of the flag pass's one-word answer (max_new_tokens is the budget of the JSON answer / caption pass)
+    flag_max_new_tokens: int = 16
+    # budget of the one retry of an answer cut off at max_new_tokens (a crowded scene); None: twice max_new_tokens
+    retry_max_new_tokens: int | None = None
+    # two passes only: the dataset column holding each image's class, named in both prompts. "auto": the dataset's
+    # ClassLabel column (`label` first), found by `Unsafe2Safe.prepare`, which also fills class_names from it;
+    # a column name: that column (ClassLabel ids mapped through class_names, strings used as they are); None: off
+    class_column: str | None = "auto"
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.box_format in BOX_FORMATS, "vlm.box_format", self.box_format, f"one of {BOX_FORMATS}")
+        _check(self.box_format in ("auto", *BOX_FORMATS), "vlm.box_format", self.box_format, f"one of {('auto', *BOX_FORMATS)}")
         _check(isinstance(self.image_max_side, int) and self.image_max_side >= self.image_min_side >= 1, "vlm.image_max_side", self.image_max_side, f"an int >= image_min_side ({self.image_min_side})")
+        _check(self.passes in (1, 2) and not isinstance(self.passes, bool), "vlm.passes", self.passes, "1 (one JSON answer per image) or 2 (flag pass, then caption pass)")
+        _check(isinstance(self.flag_max_new_tokens, int) and self.flag_max_new_tokens >= 1, "vlm.flag_max_new_tokens", self.flag_max_new_tokens, "an int >= 1")
+        _check(self.retry_max_new_tokens is None or (isinstance(self.retry_max_new_tokens, int) and self.retry_max_new_tokens > self.max_new_tokens),
+               "vlm.retry_max_new_tokens", self.retry_max_new_tokens, f"None or an int > max_new_tokens ({self.max_new_tokens})")
+        _check(self.class_column is None or (isinstance(self.class_column, str) and bool(self.class_column)), "vlm.class_column", self.class_column, "'auto', a column name or None")
+        _check(self.class_names is None or (isinstance(self.class_names, list) and all(isinstance(n, str) for n in self.class_names)), "vlm.class_names", self.class_names, "None or a list of class names")
         from .taxonomy import load_taxonomy
 
         known = load_taxonomy().ids
@@ -396,6 +424,9 @@ REVISIONS = {
     "Qwen/Qwen2.5-1.5B-Instruct": "989aa7980e4cf806f80c7fef2b1adb7bc71aa306",
     "google/owlv2-base-patch16-ensemble": "cfd3195ba4ea9592eec887ded089f4c08eff231d",
     "OpenGVLab/InternVL3_5-8B-HF": "741a7d03020411e666c6109218ab71e08151ef86",
+    # named in one public repository only (a model-config pin of OpenGVLab/InternVL2_5-8B-MPO-hf); transformers' own
+    # InternVL integration tests load this repository
+    "OpenGVLab/InternVL2_5-8B-MPO-hf": "543db189852edd2dbf0c0395c6afe4159cdc842f",
     "Qwen/Qwen3-4B-Instruct-2507": "cdbee75f17c01a7cc42f958dc650907174af0554",
     "google/owlv2-large-patch14-ensemble": "d638f16c163f70a8b6bd643b2ddbfc8be2c34807",
     # the diffusion editors' default checkpoints (editing.diffusion.DEFAULT_EDITOR_MODELS)
@@ -414,23 +445,101 @@ def _pinned(model: str, **fields) -> dict:
 def _fast() -> dict:
     return {
         "preset": "fast",
-        "vlm": _pinned("Qwen/Qwen3-VL-2B-Instruct", box_format="relative1000", image_max_side=1024),
+        "vlm": _pinned("Qwen/Qwen3-VL-2B-Instruct", box_format="auto", image_max_side=1024),
         "instructor": _pinned("Qwen/Qwen2.5-1.5B-Instruct"),
         "grounding": _pinned("google/owlv2-base-patch16-ensemble", threshold=0.2),
         "diffusion": {"name": "instruct-pix2pix", "steps": 20, "max_side": 512},
     }
 
 
+# The VLM of the paper is InternVL2.5-8B. Its checkpoint (OpenGVLab/InternVL2_5-8B) ships only remote code
+# (`trust_remote_code`, off here by policy); transformers' native InternVL classes load the converted `-hf`
+# checkpoints, and the InternVL2.5-8B one OpenGVLab published in that format is the MPO release
+# (OpenGVLab/InternVL2_5-8B-MPO-hf: InternVL2.5-8B - InternViT-300M-448px-V2_5 + InternLM2.5-7B-chat - after mixed
+# preference optimisation; transformers' InternVL integration tests use it). It is the closest model that loads
+# without remote code: the same architecture, tokenizer and 448-px tiling as the paper's, different weights after
+# the preference-optimisation stage. PAPER_VLM_NOTE says so in `paper_differences`, which the dataset card can show.
+PAPER_VLM = "OpenGVLab/InternVL2_5-8B-MPO-hf"
+PAPER_VLM_NOTE = (
+    "VLM: OpenGVLab/InternVL2_5-8B-MPO-hf stands in for the paper's InternVL2.5-8B: the same model (InternViT-300M + "
+    "InternLM2.5-7B, 448-px tiles) after OpenGVLab's mixed preference optimisation, in the transformers-native format; "
+    "the plain InternVL2.5-8B checkpoint needs trust_remote_code"
+)
+# Stage 1 token budgets of the paper preset (the paper gives none): the flag answer is one word (16 tokens leave room
+# for "Yes." and an end of turn); a caption-pass answer - up to 5 review items, two captions of <= 50 words and one
+# box per sensitive element - is about 400 tokens without boxes and 35 more per box, so 768 holds about 10 boxes
+# and the one retry of a cut-off answer (a crowded scene) at 1536 about 30.
+PAPER_FLAG_TOKENS, PAPER_CAPTION_TOKENS, PAPER_RETRY_TOKENS = 16, 768, 1536
+
+
 def _paper() -> dict:
-    # closest to the paper: an InternVL VLM (HF-native checkpoint) and Qwen3-4B-Instruct-2507
+    """The paper's setup where these libraries allow it; `paper_differences` lists where it is not."""
     return {
         "preset": "paper",
-        "vlm": _pinned("OpenGVLab/InternVL3_5-8B-HF", box_format="relative1000", image_max_side=1344),
-        "instructor": _pinned("Qwen/Qwen3-4B-Instruct-2507"),
+        "seed": 42,  # the paper's FlowEdit seed; each row's seed is derived from it and the image content
+        "vlm": _pinned(PAPER_VLM, box_format="auto", image_max_side=1344, passes=2, flag_max_new_tokens=PAPER_FLAG_TOKENS,
+                       max_new_tokens=PAPER_CAPTION_TOKENS, retry_max_new_tokens=PAPER_RETRY_TOKENS),
+        "instructor": _pinned("Qwen/Qwen3-4B-Instruct-2507"),  # the paper's instruction model
+        # boxes for the region edits (the paper edits the whole image and locates nothing)
         "grounding": _pinned("google/owlv2-large-patch14-ensemble", threshold=0.2),
-        # FlowEdit on SD3-medium with the paper's settings
-        "diffusion": {"name": "flowedit", "steps": 50, "source_guidance": 3.5, "target_guidance": 13.5, "n_min": 0, "n_max": 33, "n_avg": 1, "max_side": 1024},
+        # FlowEdit on SD3-medium with the paper's settings (fp16, 50 steps, guidance 3.5 / 13.5, n_min 0, n_max 33,
+        # n_avg 1), composited inside the sensitive regions; `diffusion.mode=global` is the paper's exact setting
+        # (the whole image is edited and kept)
+        "diffusion": {"name": "flowedit", "dtype": "float16", "mode": "regions", "steps": 50, "source_guidance": 3.5, "target_guidance": 13.5,
+                      "n_min": 0, "n_max": 33, "n_avg": 1, "max_side": 1024},
     }
+
+
+def paper_differences(config: "PipelineConfig") -> list[str]:
+    """Where a run's configuration differs from the paper's setup (``shared/PAPER.md``), one sentence each, worked
+    out from the configuration itself (an overridden setting is reported as what it is). Meant for the dataset card
+    of a model run and for the README's table of the `paper` preset."""
+    if config.vlm is None:
+        return ["Stage 1: no VLM (lite detectors and template captions) instead of the paper's InternVL2.5-8B and Qwen3-4B-Instruct-2507"]
+    out = []
+    v = config.vlm
+    if v.model == PAPER_VLM:
+        out.append(PAPER_VLM_NOTE)
+    else:
+        out.append(f"VLM: {v.model} instead of the paper's InternVL2.5-8B")
+    if v.passes == 2:
+        out.append("Stage 1 prompts: the paper's flag pass and caption pass (paraphrased); the caption pass also asks for "
+                   "the sensitive regions' boxes and category ids, which the paper's captions do not have, for the region edits")
+    else:
+        out.append("Stage 1 prompts: one JSON answer per image (flag, review, captions, boxes) instead of the paper's flag pass and caption pass")
+    out.append(f"Stage 1 answers: greedy decoding; token budgets {v.flag_max_new_tokens if v.passes == 2 else '-'} (flag) / {v.max_new_tokens} "
+               f"(captions) / {v.retry_max_new_tokens or 2 * v.max_new_tokens} (retry of a cut-off answer), chosen here (the paper gives none)")
+    i = config.instructor
+    if i is None:
+        out.append("edit instruction: none (no text LLM) instead of the paper's Qwen3-4B-Instruct-2507")
+    elif i.model != "Qwen/Qwen3-4B-Instruct-2507":
+        out.append(f"edit instruction: {i.model} instead of the paper's Qwen3-4B-Instruct-2507")
+    else:
+        out.append("edit instruction: Qwen3-4B-Instruct-2507 as in the paper, decoded greedily (the authors' code samples without a seed)")
+    if config.grounding is not None:
+        out.append(f"regions: {config.grounding.model} adds boxes of the sensitive regions (the paper locates nothing)")
+    d = config.diffusion
+    if d is None:
+        out.append("Stage 2: lite region edits instead of the paper's diffusion editors")
+        return out
+    if d.name != "flowedit":
+        out.append(f"Stage 2: {d.name} instead of FlowEdit (the paper's training-free editor)")
+    else:
+        paper = {"model": "stabilityai/stable-diffusion-3-medium-diffusers", "dtype": "float16", "steps": 50, "source_guidance": 3.5,
+                 "target_guidance": 13.5, "n_min": 0, "n_max": 33, "n_avg": 1}
+        changed = [f"{k} {getattr(d, k)!r} (paper {want!r})" for k, want in paper.items() if getattr(d, k) != want]
+        if changed:
+            out.append("FlowEdit: " + ", ".join(changed))
+    if d.mode == "regions":
+        out.append("Stage 2 edits are composited inside the sensitive regions (pixels elsewhere stay the source's); the paper keeps the "
+                   "whole edited image: `diffusion.mode=global` is its exact setting")
+    out.append(f"images are edited at their aspect ratio, longer side {d.max_side} px, and restored to their size (the paper's code "
+               "stretches them to squares)")
+    if config.seed != 42:
+        out.append(f"seed {config.seed} (the paper: 42); per-row seeds are derived from it and the image content")
+    else:
+        out.append("seed 42 as in the paper; per-row seeds are derived from it and the image content")
+    return out
 
 
 # preset name -> factory of the dict that PipelineConfig.from_dict accepts

@@ -84,6 +84,7 @@ class Unsafe2Safe:
         self.config = config
         self._runtime = None
         self._model_stage = None
+        self._pool = None  # the row threads of the lite stages (built on first use, never pickled)
         self._diffusion = None
         self._leaks = None
         self._warned_decoded = False
@@ -139,7 +140,42 @@ class Unsafe2Safe:
         clashes = [c for c in C.ADDED_COLUMNS if c in dataset.column_names]
         if clashes:
             raise ValueError(f"The dataset already has output column(s) {clashes}: was it anonymized already?")
+        self._find_class_label(dataset.features)
         return dataset.cast_column(col, Image(decode=False))
+
+    def _find_class_label(self, features) -> None:
+        """Two-pass Stage 1 names each image's class in its prompts (the paper's ``{image_class}``): the class column
+        and its ClassLabel names go into the config, since they change what the transform writes (fingerprint)."""
+        from datasets import ClassLabel
+
+        v = self.config.vlm
+        if v is None or v.passes != 2 or v.class_column is None:
+            return
+        column = v.class_column
+        if column == "auto":
+            found = [name for name, feature in features.items() if isinstance(feature, ClassLabel)]
+            if not found:
+                return
+            column = "label" if "label" in found else found[0]
+        elif column not in features:
+            raise KeyError(f"Got {column!r} for `vlm.class_column`; the dataset has the columns {sorted(features)}.")
+        v.class_column = column
+        v.class_names = list(features[column].names) if isinstance(features[column], ClassLabel) else None
+
+    def _row_classes(self, batch: dict, n: int) -> list[str | None]:
+        """Each row's class name for the two-pass prompts (None where there is none: a -1 label, no column)."""
+        v = self.config.vlm
+        if v is None or v.passes != 2 or not v.class_column or v.class_column not in batch:
+            return [None] * n
+        out: list[str | None] = []
+        for value in batch[v.class_column]:
+            if isinstance(value, str) and value.strip():
+                out.append(value)
+            elif isinstance(value, int) and not isinstance(value, bool) and v.class_names and 0 <= value < len(v.class_names):
+                out.append(v.class_names[value])
+            else:
+                out.append(None)
+        return out
 
     # ---- the map function ----------------------------------------------------------------------
     def __call__(self, batch: dict, rank: int | None = None) -> dict:
@@ -151,9 +187,10 @@ class Unsafe2Safe:
         if single:  # map(..., batched=False)
             batch = {k: [v] for k, v in batch.items()}
             cells = batch[col]
-        items = [self._cell_bytes(cell) for cell in cells]
+        # (bytes, read error, class name) per row
+        items = [(*self._cell_bytes(cell), name) for cell, name in zip(cells, self._row_classes(batch, len(cells)))]
         results = []
-        for group in pixel_groups([header_pixels(data) for data, _ in items], self.config.max_batch_pixels):
+        for group in pixel_groups([header_pixels(item[0]) for item in items], self.config.max_batch_pixels):
             results += self._run([items[i] for i in group], rank)
         out = dict(batch)
         out[col] = [r.image for r in results]
@@ -229,7 +266,8 @@ class Unsafe2Safe:
         device = pick_device(rank)
         v = self.config.vlm
         vlm = build_chat_generator(v, device, vision=True)
-        inspector = VLMInspector(vlm, v.category_list(), v.box_format, v.image_max_side, v.image_min_side, v.max_new_tokens, v.batch_size, v.repair)
+        inspector = VLMInspector(vlm, v.category_list(), v.box_format, v.image_max_side, v.image_min_side, v.max_new_tokens, v.batch_size, v.repair,
+                                 passes=v.passes, flag_max_new_tokens=v.flag_max_new_tokens, retry_max_new_tokens=v.retry_max_new_tokens)
         writer = None
         if self.config.instructor is not None:
             i = self.config.instructor
@@ -251,35 +289,42 @@ class Unsafe2Safe:
             self._model_stage = self.build_model_stage(rank)
         return self._model_stage
 
-    def _run(self, items: list[tuple[bytes | None, str | None]], rank: int | None) -> list[RowResult]:
+    def _run(self, items: list[tuple], rank: int | None) -> list[RowResult]:  # items: (bytes, read error, class name)
         from .inspection.base import Inspection
         from .utils.images import InvalidImage, decode
 
         inspector, editor = self.stages()
         results: list[RowResult | None] = [None] * len(items)
-        rows = []  # (index, source, inspection) of the readable rows
-        for index, (data, read_error) in enumerate(items):
+
+        def inspect(item: tuple):  # (bytes, read error[, class name])
+            data, read_error = item[0], item[1]
             # 1. decode (bad input -> invalid_input, image emptied, the run goes on)
             if data is None:
-                results[index] = self._invalid(read_error or "image is missing")
-                continue
+                return self._invalid(read_error or "image is missing")
             try:
                 source = decode(data, self.config.max_image_pixels)
             except InvalidImage as exc:
-                results[index] = self._invalid(str(exc))
-                continue
+                return self._invalid(str(exc))
             # 2. Stage 1, detectors: a failure flags the row (fail closed)
             try:
                 inspection = inspector.inspect(source)
             except Exception as exc:  # noqa: BLE001
                 logger.exception("inspection failed")
                 inspection = Inspection(flagged=True, error=f"inspection failed: {describe_error(exc)}", caption_source=C.CAPTION_NONE)
-            rows.append((index, source, inspection))
+            return source, inspection
+
+        rows = []  # (index, source, inspection) of the readable rows
+        for index, done in enumerate(self._each_row(inspect, items)):
+            if isinstance(done, RowResult):
+                results[index] = done
+            else:
+                rows.append((index, *done))
         # 3. Stage 1, models: one batched pass over every readable row of the batch
         models = self.model_stage(rank)
         if models is not None and rows:
             try:
-                models.apply([source.image for _, source, _ in rows], [ins for _, _, ins in rows])
+                classes = [items[index][2] if len(items[index]) > 2 else None for index, _, _ in rows]
+                models.apply([source.image for _, source, _ in rows], [ins for _, _, ins in rows], classes)
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: every row of the batch fails closed
                 logger.exception("model inspection failed")
                 for _, _, ins in rows:
@@ -291,11 +336,34 @@ class Unsafe2Safe:
         # 4. Stage 2, diffusion (when configured): one bucketed, batched pass over the rows with regions to edit
         diffused, diffusion_error = self._diffuse(rows, rank)
         # 5. Stage 2 for flagged rows only; unflagged rows keep their bytes
-        for k, (index, source, inspection) in enumerate(rows):
+
+        def finish(k: int) -> RowResult:
+            _, source, inspection = rows[k]
             result = self._finish(source, inspection, editor, row_seed(self.config.seed, source.sha256), diffused.get(k), diffusion_error)
             result.original = {"bytes": source.data, "path": None} if self.config.keep_original else None
+            return result
+
+        # the leak check's dlib models are not shared between threads: with a diffusion editor rows finish in turn
+        finished = self._each_row(finish, range(len(rows))) if self.config.diffusion is None else [finish(k) for k in range(len(rows))]
+        for (index, _, _), result in zip(rows, finished):
             results[index] = result
         return results
+
+    def _each_row(self, fn, items) -> list:
+        """``[fn(item) for item in items]``, the items spread over the lite stages' row threads (ONNX Runtime,
+        OpenCV and Pillow release the GIL; each detector call runs on one core, so rows, not operators, share the
+        cores). Every row's result is independent of the threads: the same bytes come out either way."""
+        from .inspection.lite import resolve_threads
+
+        items = list(items)
+        threads = resolve_threads(self.config.inspector.num_threads)
+        if threads <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="unsafe2safe-row")
+        return list(self._pool.map(fn, items))
 
     def diffusion_editor(self, rank: int | None):
         """The diffusers editor on the rank's device (built once per process), or None."""

@@ -130,3 +130,37 @@ def test_box_formats(fmt, box, expected):
 
 def test_extract_json_object_skips_non_object_json():
     assert extract_json_object('["a"] then {"private": true}') == {"private": True}
+
+
+@pytest.mark.parametrize(
+    "text, flag",
+    [
+        ("YES", True), ("yes.", True), ("**Yes**", True), ("Answer: no", False), ("No, nothing private.", False), ('"NO"', False),
+        ("Nope", None), ("Not sure", None), ("I think yes", None), ("", None), ("Ye", None),
+    ],
+)
+def test_flag_answers(text, flag):
+    from hf_unsafe2safe.inspection.parsing import parse_flag
+
+    assert parse_flag(text) == flag  # None: unclear, which the inspector treats as yes (fail closed)
+
+
+def test_caption_pass_answers_take_the_flag_from_the_flag_pass():
+    caption = {k: v for k, v in VALID.items() if k != "private"}
+    with pytest.raises(AnswerError, match="private"):
+        parse_inspection(json.dumps(caption), ALLOWED, SIZE)  # one pass: the flag is required
+    assert parse_inspection(json.dumps(caption), ALLOWED, SIZE, private=True).private is True
+    # a flag pass's no is overruled by a caption pass that names what is sensitive, never the other way round
+    parsed = parse_inspection(json.dumps(caption), ALLOWED, SIZE, private=False)
+    assert parsed.private is True and any("flag pass said no" in n for n in parsed.notes)
+    assert parse_inspection(json.dumps(dict(caption, private=False)), ALLOWED, SIZE, private=True).private is True
+    clean = dict(caption, categories=[], regions=[])
+    assert parse_inspection(json.dumps(clean), ALLOWED, SIZE, private=False).private is False
+
+
+def test_absolute_boxes_in_a_resized_frame_map_in_floating_point():
+    # a 3000x200 image seen by the model as 1036x56: the box maps within 1 px of the exact source box
+    exact = (400 * 3000 / 1036, 14 * 200 / 56, 500 * 3000 / 1036, 42 * 200 / 56)
+    box = to_pixels([400, 14, 500, 42], (3000, 200), "absolute", frame=(1036, 56))
+    assert all(abs(b - e) <= 1 for b, e in zip(box, exact))
+    assert to_pixels([400, 14, 500, 42], (3000, 200), "absolute") == (400, 14, 500, 42)  # no frame: already source pixels

@@ -372,3 +372,53 @@ def build_tiny_qwen_image_edit(seed: int = 0):
     processor = bc.image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None)
     pipe.register_modules(tokenizer=tokenizer, processor=processor)
     return pipe
+
+
+# the image-processor policy of the published Qwen2-VL-7B-Instruct / Qwen2.5-VL-7B-Instruct checkpoints
+# (preprocessor_config.json: 14-px patches merged 2x2, 3136 to 12845056 pixels)
+QWEN2_VL_IMAGES = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 3136, "max_pixels": 12845056}
+
+
+def build_tiny_qwen_vl(family: str, seed: int = 0):
+    """A one-layer Qwen2-VL (``family="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``) model and its real processor
+    class, in memory: Qwen's vocabulary size and special token ids, the published image-processor policy
+    (``QWEN2_VL_IMAGES``), a word-level tokenizer (``bench_common.word_tokenizer``) and Qwen's chat format.
+
+    Not saved and loaded back: ``from_pretrained`` of these processors builds their video processor, which
+    transformers 5.24+ refuses without torchvision (absent here); the processor is the real class without it
+    (``bench_common.image_only``)."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    benchmarks = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    import bench_common as bc
+
+    specials = bc.QWEN_SPECIALS
+    ids = {"image_token_id": specials["<|image_pad|>"], "video_token_id": specials["<|video_pad|>"],
+           "vision_start_token_id": specials["<|vision_start|>"], "vision_end_token_id": specials["<|vision_end|>"]}
+    text = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, vocab_size=151936,
+                rope_parameters={"mrope_section": [1, 1, 2], "rope_type": "default", "rope_theta": 1e6})
+    p = QWEN2_VL_IMAGES
+    torch.manual_seed(seed)
+    if family == "qwen2_vl":
+        vision = dict(depth=1, embed_dim=16, hidden_size=16, num_heads=2, patch_size=p["patch_size"], spatial_merge_size=p["merge_size"], temporal_patch_size=p["temporal_patch_size"])
+        model = transformers.Qwen2VLForConditionalGeneration(transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **ids))
+        processor_cls = transformers.Qwen2VLProcessor
+    elif family == "qwen2_5_vl":
+        vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16, patch_size=p["patch_size"], spatial_merge_size=p["merge_size"], temporal_patch_size=p["temporal_patch_size"])
+        model = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids))
+        processor_cls = transformers.Qwen2_5_VLProcessor
+    else:
+        raise ValueError(f"Got {family!r} for `family`; expected 'qwen2_vl' or 'qwen2_5_vl'.")
+    image_processor = transformers.Qwen2VLImageProcessor(
+        patch_size=p["patch_size"], merge_size=p["merge_size"], temporal_patch_size=p["temporal_patch_size"], min_pixels=p["min_pixels"], max_pixels=p["max_pixels"]
+    )
+    tokenizer = bc.word_tokenizer(specials, "<|im_end|>", "<|endoftext|>", bc.prompt_corpus())
+    template = bc.chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+    processor = bc.image_only(processor_cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=template)
+    return model.eval(), processor

@@ -104,9 +104,11 @@ def _as_text(value, name: str) -> str:
     return " ".join(value.split())
 
 
-def to_pixels(box, size: tuple[int, int], box_format: str, notes: list[str] | None = None) -> tuple[int, int, int, int] | None:
+def to_pixels(box, size: tuple[int, int], box_format: str, notes: list[str] | None = None, frame: tuple[int, int] | None = None) -> tuple[int, int, int, int] | None:
     """A model box in ``box_format`` as pixel coordinates clipped to the image; None if degenerate. A box that
-    reached beyond the image is noted in ``notes``."""
+    reached beyond the image is noted in ``notes``. ``frame``: for ``absolute`` boxes, the size (width, height)
+    of the image the model saw, when the boxes are to be mapped onto an image of another ``size`` (the model's
+    processor resized it); mapped in floating point, so the result is within 1 px of the exact box."""
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
         raise AnswerError(f"a box must be 4 numbers [x0, y0, x1, y1], got {box!r}")
     w, h = size
@@ -115,6 +117,9 @@ def to_pixels(box, size: tuple[int, int], box_format: str, notes: list[str] | No
         x0, x1, y0, y1 = x0 * w / 1000, x1 * w / 1000, y0 * h / 1000, y1 * h / 1000
     elif box_format == "relative1":
         x0, x1, y0, y1 = x0 * w, x1 * w, y0 * h, y1 * h
+    elif frame is not None and tuple(frame) != (w, h):
+        sx, sy = w / frame[0], h / frame[1]
+        x0, x1, y0, y1 = x0 * sx, x1 * sx, y0 * sy, y1 * sy
     x0, x1 = sorted((x0, x1))
     y0, y1 = sorted((y0, y1))
     if x1 - x0 <= 0 or y1 - y0 <= 0:
@@ -127,14 +132,35 @@ def to_pixels(box, size: tuple[int, int], box_format: str, notes: list[str] | No
     return px
 
 
-def parse_inspection(text: str, allowed: tuple[str, ...], size: tuple[int, int], box_format: str = "relative1000") -> ParsedInspection:
-    """Validate a VLM answer against the inspection schema (``prompts/inspection_schema.json``)."""
+_FLAG = re.compile(r"^[\W_]*(?:answer\s*[:\-]\s*)?[\W_]*(yes|no)\b", re.I)
+
+
+def parse_flag(text: str) -> bool | None:
+    """The privacy flag of a short yes/no answer (the two-pass flag prompt): True for yes, False for no, None when
+    the answer does not start with either (the caller then flags the image: fail closed). Markdown emphasis,
+    quotes and an "Answer:" label before the word are tolerated; "Not sure" or "Nope" are not a no."""
+    if not isinstance(text, str):
+        return None
+    match = _FLAG.match(text.strip())
+    if match is None:
+        return None
+    return match.group(1).lower() == "yes"
+
+
+def parse_inspection(text: str, allowed: tuple[str, ...], size: tuple[int, int], box_format: str = "relative1000",
+                     private: bool | None = None, frame: tuple[int, int] | None = None) -> ParsedInspection:
+    """Validate a VLM answer: the one-pass inspection (flag, categories, review, captions, regions), or with
+    ``private`` given (the decision of a separate flag pass), the caption pass of the two-pass prompts, which has
+    no ``private`` field. ``frame``: see ``to_pixels`` (absolute boxes given in a resized copy of the image)."""
     data = extract_json_object(text)
     notes: list[str] = []
-    missing = [k for k in ("private", "categories", "private_caption", "public_caption") if k not in data]
+    required = ("categories", "private_caption", "public_caption") if private is not None else ("private", "categories", "private_caption", "public_caption")
+    missing = [k for k in required if k not in data]
     if missing:
         raise AnswerError(f"missing field(s) {missing}")
-    private = _as_bool(data["private"], "private")
+    said = _as_bool(data["private"], "private") if "private" in data else None
+    # a flag pass's yes stays a yes whatever the caption pass says (fail closed)
+    private = said if private is None else (private or bool(said))
     cats_raw = data["categories"]
     if not isinstance(cats_raw, list):
         raise AnswerError(f"`categories` must be a list, got {cats_raw!r}")
@@ -166,7 +192,7 @@ def parse_inspection(text: str, allowed: tuple[str, ...], size: tuple[int, int],
             notes.append(f"malformed region {reg!r} dropped")
             continue
         try:
-            box = to_pixels(reg["box"], size, box_format, notes)
+            box = to_pixels(reg["box"], size, box_format, notes, frame)
         except AnswerError as err:
             notes.append(f"region dropped: {err}")
             continue
@@ -184,7 +210,10 @@ def parse_inspection(text: str, allowed: tuple[str, ...], size: tuple[int, int],
         notes.append("flagged without a category")
     if not private and (categories or regions):
         # the answer contradicts itself: anything named as sensitive keeps the image flagged (fail closed)
-        notes.append("`private` false but categories or regions given: treated as private")
+        if "private" in required:
+            notes.append("`private` false but categories or regions given: treated as private")
+        else:
+            notes.append("the flag pass said no but the caption pass named categories or regions: treated as private")
         private = True
     return ParsedInspection(
         private=private,

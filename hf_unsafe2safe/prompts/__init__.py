@@ -15,6 +15,11 @@ PROMPT_FILES = (
     "target_caption_v1.txt",
     "box_formats.json",
     "grounding_queries.json",
+    # the two-pass Stage 1 of the `paper` preset (vlm.passes = 2)
+    "flag_v1.txt",
+    "caption_v1.txt",
+    "caption_repair_v1.txt",
+    "class_context_v1.txt",
 )
 # prompts of the evaluation suite: their hashes go into the report, not into the transform's fingerprint (they do
 # not change what the transform writes)
