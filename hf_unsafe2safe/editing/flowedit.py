@@ -6,6 +6,16 @@ the current edit is shifted by the same amount, and the edit moves by (v_target 
 with its own classifier-free guidance. Only the last ``n_max`` of ``steps`` steps edit (the early, coarse
 ones would redraw the layout); the last ``n_min`` of them continue as plain sampling from the target prompt.
 Implemented on diffusers' SD3 components; batched over rows, every row with its own generator.
+
+Precision: the sigma schedule, its step sizes and every accumulated latent (the source latent, the edit, the
+sampled target, the averaged velocity difference) stay in float32 whatever the transformer's dtype; only the
+transformer's inputs are cast to its dtype, and its velocities come back as float32 (guidance is combined in
+float32). The FlowEdit authors' code likewise takes its times from the float32 timesteps and makes each update
+in float32 (it then stores the edit back in the model's dtype; here it stays float32). bf16 holds the sigmas
+in [0.5, 1) only to 2**-8, about half of one of SD3's 50 steps there, so a bf16 schedule gets single step
+sizes wrong by up to 25 % (SD3's shift 3, last 33 steps), and a bf16 latent is rounded at every step by far
+more than a small edit moves it. Noise is drawn in float32 from each row's generator: a row sees the same
+noise in every dtype.
 """
 
 from __future__ import annotations
@@ -27,21 +37,25 @@ class FlowEditEditor(InstructPix2PixEditor):
         return self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
 
     def _velocity(self, latents, t, embeds, guidance: float):
-        """Classifier-free-guided velocity for a batch of latents (unconditional and conditional in one pass)."""
+        """Classifier-free-guided velocity (float32) for a batch of float32 latents: unconditional and conditional
+        in one transformer pass in the transformer's dtype, the guidance combination in float32."""
+        torch, transformer = self._torch, self.pipe.transformer
         cond, uncond, pooled, uncond_pooled = embeds
-        n = latents.shape[0]
-        out = self.pipe.transformer(
-            hidden_states=self._torch.cat([latents, latents]),
+        n, dtype = latents.shape[0], transformer.dtype
+        out = transformer(
+            hidden_states=torch.cat([latents, latents]).to(dtype),
             timestep=t.expand(2 * n),
-            encoder_hidden_states=self._torch.cat([uncond, cond]),
-            pooled_projections=self._torch.cat([uncond_pooled, pooled]),
+            encoder_hidden_states=torch.cat([uncond, cond]).to(dtype),
+            pooled_projections=torch.cat([uncond_pooled, pooled]).to(dtype),
             return_dict=False,
         )[0]
-        v_uncond, v_cond = out.chunk(2)
+        v_uncond, v_cond = out.float().chunk(2)
         return v_uncond + guidance * (v_cond - v_uncond)
 
     def _noise(self, like, generators):
-        return self._torch.stack([self._torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generators])
+        """One float32 standard-normal sample per row, each from its row's generator."""
+        torch = self._torch
+        return torch.stack([torch.randn(like.shape[1:], generator=g, device=like.device, dtype=torch.float32) for g in generators])
 
     def _encode(self, prompts: list[str]):
         return self.pipe.encode_prompt(
@@ -49,24 +63,22 @@ class FlowEditEditor(InstructPix2PixEditor):
             do_classifier_free_guidance=True, device=self.device,
         )
 
-    def _call(self, prompts, images, masks, size, generators, sources, captions):
+    def edit_latents(self, images, prompts, sources, size, generators):
+        """The edited latents (float32, before decoding) of ``images`` (PIL at the working ``size``)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         torch, pipe, c = self._torch, self.pipe, self.config
-        if sources is None:
-            raise ValueError("FlowEdit needs a source prompt (a caption of the original) for every row")
         vae = pipe.vae
         with torch.inference_mode():
-            # 1. the source latents (the mode of the encoder's distribution: deterministic)
+            # 1. the source latents (the mode of the encoder's distribution: deterministic), in float32
             pixels = pipe.image_processor.preprocess(images, height=size[1], width=size[0]).to(self.device, vae.dtype)
-            z0 = (vae.encode(pixels).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
-            z0 = z0.to(pipe.transformer.dtype)
+            z0 = ((vae.encode(pixels).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor).float()
             # 2. both prompts, with their unconditional halves
             src, tar = self._encode(sources), self._encode(prompts)
-            # 3. the sigma schedule of a fresh scheduler (no state shared between calls)
+            # 3. the sigma schedule of a fresh scheduler (no state shared between calls), in float32
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
             scheduler.set_timesteps(c.steps, device=self.device)
-            sigmas = scheduler.sigmas.to(z0.dtype)
+            sigmas = scheduler.sigmas.to(torch.float32)
             z_edit, z_tar = z0.clone(), None
             for i, t in enumerate(scheduler.timesteps):
                 remaining = c.steps - i
@@ -86,7 +98,15 @@ class FlowEditEditor(InstructPix2PixEditor):
                     if z_tar is None:
                         z_tar = z_edit + (1 - sigmas[i]) * z0 + sigmas[i] * self._noise(z0, generators) - z0
                     z_tar = z_tar + dt * self._velocity(z_tar, t, tar, c.target_guidance)
-            z_out = z_tar if z_tar is not None else z_edit
-            # 6. decode
-            decoded = vae.decode((z_out.to(vae.dtype) / vae.config.scaling_factor) + vae.config.shift_factor, return_dict=False)[0]
+        return z_tar if z_tar is not None else z_edit
+
+    def _call(self, prompts, images, masks, size, generators, sources, captions):
+        torch, pipe = self._torch, self.pipe
+        if sources is None:
+            raise ValueError("FlowEdit needs a source prompt (a caption of the original) for every row")
+        z_out = self.edit_latents(images, prompts, sources, size, generators)
+        vae = pipe.vae
+        with torch.inference_mode():
+            # 6. decode (the VAE in its own dtype)
+            decoded = vae.decode((z_out / vae.config.scaling_factor + vae.config.shift_factor).to(vae.dtype), return_dict=False)[0]
         return pipe.image_processor.postprocess(decoded, output_type="pil")
