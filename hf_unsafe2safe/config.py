@@ -52,8 +52,14 @@ class LiteInspectorConfig:
     # with read_text, a detection read as fewer characters than this is dropped as texture noise (fur,
     # foam, foliage); detections that were not read are always kept
     min_text_chars: int = 2
+    # small text on people (name tags, badges, patches): the chest and shoulders below each face (the 3 largest) are
+    # looked at again, magnified so that the face is `person_text_face_px` high (at most 3x); see
+    # inspection.lite.person_zooms. On skimage's astronaut this finds the name tag that the whole-image pass misses
+    person_text: bool = True
+    person_text_face_px: int = 240
     metadata: bool = True
-    # ONNX Runtime threads per process; 0 = all cores in the main process, 1 in a `num_proc` worker
+    # rows of a batch inspected (and edited) at once, in threads, each detector call on one core; 0 = every core in
+    # the main process, 1 in a `num_proc` worker
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +72,7 @@ class LiteInspectorConfig:
         _check(isinstance(self.max_text_regions, int) and self.max_text_regions >= 1, "inspector.max_text_regions", self.max_text_regions, "an int >= 1")
         _check(isinstance(self.min_text_chars, int) and self.min_text_chars >= 0, "inspector.min_text_chars", self.min_text_chars, "an int >= 0")
         _check(isinstance(self.num_threads, int) and self.num_threads >= 0, "inspector.num_threads", self.num_threads, "an int >= 0")
+        _check(isinstance(self.person_text_face_px, int) and self.person_text_face_px >= 16, "inspector.person_text_face_px", self.person_text_face_px, "an int >= 16")
         _check(self.faces or self.text or self.metadata, "inspector", "all detectors off", "at least one of faces/text/metadata on")
 
     @property

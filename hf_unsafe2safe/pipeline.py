@@ -13,6 +13,9 @@ from .transform import Unsafe2Safe
 
 logger = logging.getLogger(__name__)
 
+WRITER_BATCH_ROWS = 100
+
+
 def anonymize_dataset(
     dataset, anonymize: Unsafe2Safe, batch_size: int = 16, num_proc: int | None = None, desc: str = "Unsafe2Safe",
     shard: tuple[int, int] | None = None, device_rank: int | None = None, cache_dir: str | None = None,
@@ -60,6 +63,9 @@ def anonymize_dataset(
         num_proc=num_proc if num_proc and num_proc > 1 and len(prepared) > 1 and device_rank is None else None,
         features=features,
         desc=desc,
+        # map's default buffers 1000 output rows (encoded images) before each write: memory would follow the row
+        # count up to 1000 rows; this is the record batch size `datasets` itself uses for image datasets
+        writer_batch_size=WRITER_BATCH_ROWS,
         **placed,
         **cached,
     )

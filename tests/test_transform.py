@@ -162,6 +162,16 @@ def test_same_output_for_any_batch_size_process_count_and_order(photos):
     assert [shuffled[order.index(i)] for i in range(len(order))] == reference
 
 
+def test_row_threads_change_nothing_in_the_output(photos):
+    """Rows of a batch are inspected and edited in threads (inspector.num_threads); one thread or three, the same
+    bytes come out, every column."""
+    ds = image_dataset(photos, name=[str(i) for i in range(len(photos))])
+    serial = _rows(_map(Unsafe2Safe.from_preset("lite", inspector={"num_threads": 1}), ds, batch_size=8))
+    threaded = Unsafe2Safe.from_preset("lite", inspector={"num_threads": 3})
+    assert _rows(_map(threaded, ds, batch_size=8)) == serial
+    assert threaded._pool is not None and len(threaded._pool._threads) > 1  # the rows really ran in threads
+
+
 def test_row_seed_depends_on_global_seed_and_content_only(photos):
     from hf_unsafe2safe.transform import row_seed
 
