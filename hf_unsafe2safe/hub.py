@@ -95,7 +95,21 @@ def render_dataset_card(record: dict, title: str | None = None, repo_id: str | N
         evaluation=evaluation_rows(report) if report else [],
         evaluation_warnings=[f"{w['kind']}: {w['message']}" for w in (report or {}).get("warnings", [])],
         evaluated_pairs=(report or {}).get("pairs", 0),
+        paper_differences=_paper_differences(record["config"]),
     )
+
+
+def _paper_differences(config: dict) -> list[str]:
+    """How a model run's configuration differs from the paper (``config.paper_differences``); none for lite, and
+    none for a record that this version cannot read back (an older run)."""
+    from .config import PipelineConfig, paper_differences
+
+    if config.get("vlm") is None:
+        return []
+    try:
+        return paper_differences(PipelineConfig.from_dict(config))
+    except (TypeError, ValueError):
+        return []
 
 
 # The private text, which a publication holds only when its owner says so (``private_text``): everything that can

@@ -345,3 +345,19 @@ ds(3).push_to_hub("alice/two-subsets", config_name="outdoor", private=True)
     assert out.returncode != 0 and "has 2 subsets ['indoor', 'outdoor']" in out.stderr and "Traceback" not in out.stderr
     out = run_client(hub, "alice", tmp_path, args=["anonymize", "alice/two-subsets", "--subset", "outdoor", "--output", str(tmp_path / "outdoor")])
     assert "rows            3" in out.stdout
+
+
+def test_a_model_runs_card_says_where_it_differs_from_the_paper():
+    """The paper preset's card lists its differences from the paper (the VLM checkpoint, the region edits...),
+    worked out from the run's own config: an override shows as what it is; lite cards have no such section."""
+    from hf_unsafe2safe import Unsafe2Safe
+    from hf_unsafe2safe import columns as C
+    from hf_unsafe2safe.hub import render_dataset_card, run_record
+
+    summary = {"rows": 1, "flagged": 0, "statuses": {s: 0 for s in C.STATUSES}, "categories": {}}
+    paper = render_dataset_card(run_record(Unsafe2Safe.from_preset("paper"), "some/dataset", summary, local=False))
+    assert "## Differences from the paper" in paper
+    assert "InternVL2.5-8B" in paper and "regions" in paper
+    other = Unsafe2Safe.from_preset("paper", vlm={"model": "OpenGVLab/InternVL3_5-8B-HF"})
+    assert "OpenGVLab/InternVL3_5-8B-HF instead of the paper's InternVL2.5-8B" in render_dataset_card(run_record(other, "some/dataset", summary, local=False))
+    assert "Differences from the paper" not in render_dataset_card(run_record(Unsafe2Safe.from_preset("lite"), "some/dataset", summary, local=False))
