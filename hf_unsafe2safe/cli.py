@@ -235,26 +235,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "finetune",
-        help="fine-tune an InstructPix2Pix editor on the pairs of an anonymization run (--keep-original)",
+        help="fine-tune an editor on the pairs of an anonymization run (--keep-original): InstructPix2Pix / MagicBrush, safe cross-attention, LoRA",
         description=(
-            "Fine-tune an InstructPix2Pix pipeline on DIR, a folder written by `unsafe2safe anonymize --keep-original`: "
-            "each flagged, edited row is a pair (source -> anonymized image, edit instruction; with --dual-prompt the "
-            "public caption as a second text window). Only the UNet learns. Runs on Accelerate (`accelerate launch -m "
-            "hf_unsafe2safe.cli finetune ...` for several GPUs). Writes a complete pipeline to OUTPUT, loadable with "
-            "--editor instruct-pix2pix --set diffusion.model=OUTPUT, plus unsafe2safe_finetune.json and loss.png."
+            "Fine-tune an editor on DIR, a folder written by `unsafe2safe anonymize --keep-original`: each flagged, edited row "
+            "is a pair (source -> anonymized image, edit instruction; with --dual-prompt or --safe-attention the public caption "
+            "as a second text window), optionally kept only when the paper's CLIP triplet filter passes it (--clip-model). "
+            "Full fine-tuning of the UNet by default; --safe-attention adds the paper's dual-prompt cross-attention (own caption "
+            "branch, learned fusion) and trains it with the UNet; --lora-rank R trains LoRA adapters only (InstructPix2Pix UNet, "
+            "or the transformer of a FLUX Kontext --base). Runs on Accelerate (`accelerate launch -m hf_unsafe2safe.cli "
+            "finetune ...` for several GPUs). Writes to OUTPUT a complete pipeline (`--editor instruct-pix2pix --set "
+            "diffusion.model=OUTPUT`) or, with LoRA, an adapter (`--set diffusion.model=BASE --set diffusion.lora=OUTPUT`), "
+            "plus unsafe2safe_finetune.json (whose use_with says how to load it), loss.png and samples.png."
         ),
     )
     f.add_argument("dir", metavar="DIR", help="an anonymization output with the originals kept (save_to_disk folder)")
-    f.add_argument("--output", "-o", required=True, metavar="OUTPUT", help="folder that receives the fine-tuned pipeline")
+    f.add_argument("--output", "-o", required=True, metavar="OUTPUT", help="folder that receives the fine-tuned pipeline (or LoRA adapter)")
     f.add_argument("--split", default=None, help="split of DIR when it holds several (default: the only one)")
     f.add_argument("--image-column", default="image", help="the anonymized image column (default: image)")
-    f.add_argument("--base", default="timbrooks/instruct-pix2pix", help="InstructPix2Pix pipeline to start from, Hub id or folder (default: timbrooks/instruct-pix2pix)")
+    f.add_argument(
+        "--base", default="timbrooks/instruct-pix2pix",
+        help="pipeline to start from, Hub id or folder: InstructPix2Pix or MagicBrush weights (same pipeline class), an earlier "
+        "--safe-attention result, or with --lora-rank a FLUX Kontext pipeline (default: timbrooks/instruct-pix2pix)",
+    )
     f.add_argument("--revision", default=None, help="revision of --base on the Hub (default: the pinned one for the default base)")
-    f.add_argument("--dual-prompt", action="store_true", help="condition on [instruction ; public caption] (then edit with --set diffusion.dual_prompt=true)")
+    f.add_argument("--dual-prompt", action="store_true", help="condition on [instruction ; public caption] in the UNet's plain cross-attention (then edit with --set diffusion.dual_prompt=true)")
+    f.add_argument(
+        "--safe-attention", action="store_true",
+        help="the paper's safe cross-attention: instruction and public caption each get their own cross-attention branch, fused by a "
+        "learned gate that starts closed (the single-prompt editor exactly); trained with the UNet. The result loads with "
+        "--set diffusion.model=OUTPUT alone and conditions on the public captions",
+    )
+    f.add_argument("--fusion-learning-rate", type=float, default=None, help="with --safe-attention: learning rate of the fusion weights (default: --learning-rate)")
+    f.add_argument("--lora-rank", type=int, default=0, metavar="R", help="train LoRA adapters of rank R (peft) on the attention projections instead of the whole UNet (0: full fine-tuning; needed for a FLUX Kontext base)")
+    f.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1)")
     f.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
     f.add_argument("--batch-size", type=int, default=4, help="pairs per step and process (default: 4)")
     f.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    f.add_argument("--learning-rate", type=float, default=5e-5, help="AdamW learning rate (default: 5e-5)")
+    f.add_argument("--learning-rate", type=float, default=5e-5, help="AdamW learning rate (default: 5e-5; the paper: 1e-5)")
+    f.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"), help="after the warmup: constant, or cosine decay to 0 at --steps (default: constant)")
+    f.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warmup over this many optimizer steps (default: 0)")
+    f.add_argument("--ema-decay", type=float, default=0.0, help="keep an exponential moving average of the trained weights with this decay and save it instead of the raw weights (default: 0, off; e.g. 0.9999)")
+    f.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory, same result, slower")
+    f.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes' 8-bit AdamW (pip install bitsandbytes): less optimizer memory")
+    f.add_argument("--clip-model", default="", help="the paper's triplet filter: a CLIP Hub id or folder; a pair is kept when CLIP(edited, public caption) / CLIP(original, public caption) > --clip-threshold (default: no filter)")
+    f.add_argument("--clip-threshold", type=float, default=0.7, help="threshold of the triplet filter (default: 0.7, the paper's)")
     f.add_argument("--resolution", type=int, default=256, help="square training crops (default: 256)")
     f.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="Accelerate mixed precision (default: no)")
     f.add_argument("--held-out", type=int, default=8, help="pairs kept aside to measure the loss before and after (default: 8)")
@@ -534,7 +558,7 @@ def cmd_finetune(args) -> int:
     import datasets
 
     from .config import REVISIONS
-    from .training.finetune import FinetuneConfig, finetune_editor
+    from .training.finetune import RECORD, FinetuneConfig, finetune_editor
 
     try:
         data = datasets.load_from_disk(args.dir)
@@ -547,8 +571,12 @@ def cmd_finetune(args) -> int:
     revision = args.revision if args.revision is not None else REVISIONS.get(args.base)
     try:
         config = FinetuneConfig(
-            base=args.base, revision=revision, dual_prompt=args.dual_prompt, steps=args.steps, batch_size=args.batch_size,
+            base=args.base, revision=revision, dual_prompt=args.dual_prompt, safe_attention=args.safe_attention,
+            fusion_learning_rate=args.fusion_learning_rate, steps=args.steps, batch_size=args.batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+            warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay,
+            gradient_checkpointing=args.gradient_checkpointing, use_8bit_adam=args.use_8bit_adam,
+            lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, clip_model=args.clip_model, clip_threshold=args.clip_threshold,
             resolution=args.resolution, mixed_precision=args.mixed_precision, held_out=args.held_out, seed=args.seed, cpu=args.cpu,
             samples=args.samples,
         )
@@ -557,14 +585,27 @@ def cmd_finetune(args) -> int:
         raise SystemExit(f"error: {err}") from err
     if result.processes > 1 and os.environ.get("RANK", "0") != "0":
         return 0
+    with open(os.path.join(args.output, RECORD)) as f:
+        record = json.load(f)
     print(f"fine-tuned on {result.rows} pairs ({result.held_out} held out) for {len(result.losses)} steps in {result.processes} process(es)")
+    filtered = record.get("triplet_filter") or {}
+    if filtered.get("applied"):
+        print(f"triplet filter ({filtered.get('model')}, threshold {filtered.get('threshold')}): kept {filtered.get('kept')} of {filtered.get('considered')} pairs")
     if result.held_out_loss_before is not None:
         print(f"held-out loss: {result.held_out_loss_before:.4f} before, {result.held_out_loss_after:.4f} after")
     if args.samples:
         print(f"samples: {os.path.join(args.output, 'samples.png')} (source | the run's result | base editor | fine-tuned editor)")
-    dual = " --set diffusion.dual_prompt=true" if args.dual_prompt else ""
-    print(f"saved: {args.output}; use it with: unsafe2safe anonymize SOURCE -o DIR --preset fast --editor instruct-pix2pix --set diffusion.model={args.output}{dual}")
+    what = {"lora": "adapter", "safe_attention": "pipeline with safe cross-attention (conditions on the public captions)"}.get(record.get("kind"), "pipeline")
+    print(f"saved ({what}): {args.output}; use it with: {use_with_command(record)}")
     return 0
+
+
+def use_with_command(record: dict) -> str:
+    """The `anonymize` command line that loads a fine-tuning result, from its record's ``use_with``."""
+    settings = dict(record["use_with"]["diffusion"])
+    name = settings.pop("name")
+    flags = "".join(f" --set diffusion.{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items() if value is not False)
+    return f"unsafe2safe anonymize SOURCE -o DIR --preset fast --editor {name}{flags}"
 
 
 def main(argv=None) -> int:

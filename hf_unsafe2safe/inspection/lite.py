@@ -202,6 +202,11 @@ def _clip_box(x0, y0, x1, y1, w, h):
 FACE_COVER_LIMIT = 0.3
 
 
+def _reads_as_word(text: str | None) -> bool:
+    """Recognised text with a run of 4 or more letters/digits: a real word or number, not a face read as text."""
+    return bool(text) and re.search(r"[^\W_]{4,}", text) is not None
+
+
 def person_zooms(faces: list, size: tuple[int, int], main_scale: float, face_px: int, max_zooms: int = 3, max_side: int = 1024) -> list:
     """Parts of an image where small text on a person is looked for again, magnified: (box, scale) for the chest
     and shoulders below each of the ``max_zooms`` largest faces (1.5 face widths either side of the face's centre,
@@ -308,12 +313,13 @@ class LiteInspector:
         if c.text:
             face_boxes = [r.box for r in regions if r.label == "face"]
             # PP-OCR's detector also fires on rows of faces; faces are edited anyway, so a "text" box that
-            # lies mostly on faces is dropped (it would wipe out the photo around them)
+            # lies mostly on faces is dropped (it would wipe out the photo around them), unless it reads as a word
+            # (a sign behind a false face detection on a cat stayed half readable when it was dropped)
             zooms = []
             if c.person_text and face_boxes:
                 main_scale = min(max(max(rgb.shape[:2]), c.text_min_side), c.text_max_side) / max(rgb.shape[:2])
                 zooms = person_zooms(face_boxes, (rgb.shape[1], rgb.shape[0]), main_scale, c.person_text_face_px)
-            lines = [line for line in self.text(rgb, zooms) if _covered(line[0], face_boxes) < FACE_COVER_LIMIT]
+            lines = [line for line in self.text(rgb, zooms) if _covered(line[0], face_boxes) < FACE_COVER_LIMIT or _reads_as_word(line[2])]
             kinds: dict[str, list[str]] = {}
             for box, score, text in lines:
                 label = classify_text(text)
