@@ -245,7 +245,7 @@ def bench_editor(name: str, args, images, measure, checkpoint) -> dict:
     config = editor_config(name, args)
     print(f"[build] {name}{' (tiny)' if args.tiny else ''} on {args.device} in {args.dtype}", flush=True)
     editor = make_editor(name, config, args.device, args.tiny)
-    from hf_unsafe2safe.editing.diffusion import working_size
+    from hf_unsafe2safe.editing.compositing import working_size
 
     result = {
         "settings": {k: getattr(config, k) for k in ("steps", "guidance_scale", "image_guidance_scale", "max_side", "source_guidance", "target_guidance", "n_min", "n_max", "n_avg", "without_t5")},

@@ -370,7 +370,7 @@ class Unsafe2Safe:
         if self.config.diffusion is None:
             return None
         if self._diffusion is None:
-            from .editing.diffusion import build_editor
+            from .editing.registry import build_editor
             from .inspection.vlm import pick_device
 
             self.leak_checker()  # before the editor: a missing dlib fails in seconds, not after a model load
@@ -399,7 +399,7 @@ class Unsafe2Safe:
             if editor.uses_mask:  # repaint the regions from a caption of what should be there
                 from PIL import Image
 
-                from .editing.diffusion import region_mask
+                from .editing.compositing import region_mask
 
                 e = self.config.editor
                 prompts = [rows[k][2].target_caption or rows[k][2].public_caption for k in todo]
@@ -464,7 +464,7 @@ class Unsafe2Safe:
 
     def _composite(self, source, inspection, editor, seed, diffused, removed) -> RowResult:
         """The diffusion output inside the regions; regions it left nearly unchanged get the lite edit too."""
-        from .editing.diffusion import composite, is_blank, unchanged_regions
+        from .editing.compositing import composite, is_blank, unchanged_regions
         from .utils.images import encode, from_edit_array, to_edit_array
 
         d, e = self.config.diffusion, self.config.editor

@@ -199,7 +199,7 @@ def assert_rewritten_only_inside_regions(source: bytes, out: dict, row: int, edi
     """Row ``row`` of a transform output: pixels outside its regions' blend mask equal the source exactly, and
     pixels fully inside moved by more than ``min_inside`` grey levels on average (a diffusion edit composited)."""
     from hf_unsafe2safe import columns as C
-    from hf_unsafe2safe.editing.diffusion import region_mask
+    from hf_unsafe2safe.editing.compositing import region_mask
     from hf_unsafe2safe.inspection.base import Region
 
     before = np.asarray(Image.open(io.BytesIO(source)).convert("RGB"), np.int16)

@@ -14,7 +14,8 @@ from tiny_models import build_tiny_instruct_pix2pix  # noqa: E402
 from hf_unsafe2safe import Unsafe2Safe  # noqa: E402
 from hf_unsafe2safe import columns as C  # noqa: E402
 from hf_unsafe2safe.config import DiffusionEditorConfig  # noqa: E402
-from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor, region_mask, working_size  # noqa: E402
+from hf_unsafe2safe.editing.compositing import region_mask, working_size  # noqa: E402
+from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

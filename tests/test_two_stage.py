@@ -15,7 +15,7 @@ from tiny_models import build_tiny_instruct_pix2pix  # noqa: E402
 
 from hf_unsafe2safe import Unsafe2Safe  # noqa: E402
 from hf_unsafe2safe import columns as C  # noqa: E402
-from hf_unsafe2safe.editing.diffusion import composite  # noqa: E402
+from hf_unsafe2safe.editing.compositing import composite  # noqa: E402
 from hf_unsafe2safe.inspection.base import Region  # noqa: E402
 from hf_unsafe2safe.inspection.vlm import EditInstructionWriter, ModelStage1, VLMInspector  # noqa: E402
 from hf_unsafe2safe.taxonomy import load_taxonomy  # noqa: E402
