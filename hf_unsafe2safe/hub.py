@@ -1,4 +1,5 @@
-"""Cards and run records that travel with anonymized data, and publishing them to the Hugging Face Hub.
+"""Cards and run records that travel with anonymized data (with the counts they carry, ``summarize``), and
+publishing them to the Hugging Face Hub.
 
 ``publish`` pushes an anonymized ``Dataset`` / ``DatasetDict`` (the image column, the privacy columns and the
 caption triplet) with its dataset card and run record to a dataset repository, private unless asked otherwise;
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 
@@ -27,6 +29,28 @@ def run_record(anonymize, source: str, summary: dict, local: bool | None = None)
     if local is None:
         local = os.path.exists(source)
     return {"source": source, "source_local": bool(local), **anonymize.fingerprint_state(), "summary": summary}
+
+
+def summarize(dataset) -> dict:
+    """Counts per status and per category of an anonymized ``Dataset`` (or ``DatasetDict``)."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return {name: summarize(part) for name, part in dataset.items()}
+    table = dataset.select_columns([C.PRIVACY_FLAG, C.PRIVACY_CATEGORIES, C.ANONYMIZATION])
+    statuses, categories = Counter(), Counter()
+    flagged = 0
+    for row in table.iter(batch_size=1000):
+        flagged += sum(bool(f) for f in row[C.PRIVACY_FLAG])
+        statuses.update(a["status"] for a in row[C.ANONYMIZATION])
+        for cats in row[C.PRIVACY_CATEGORIES]:
+            categories.update(cats)
+    return {
+        "rows": len(dataset),
+        "flagged": flagged,
+        "statuses": {s: statuses.get(s, 0) for s in C.STATUSES},
+        "categories": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def total_summary(summary: dict) -> dict:
@@ -219,8 +243,6 @@ def publish(
     """
     import datasets
     from huggingface_hub import CommitOperationAdd, HfApi
-
-    from .pipeline import summarize
 
     if (anonymize is None) == (record is None):
         raise ValueError("Got both or neither of `anonymize` and `record`; expected one: the transform that made the dataset, or its saved run record")

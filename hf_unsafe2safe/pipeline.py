@@ -1,4 +1,6 @@
-"""Whole-dataset helpers around the transform: load a source, run the map, summarise the result."""
+"""Whole-dataset helpers around the transform: run the map (resumably, across processes), summarise the result
+and write it with its run record and card to disk. The counts (``summarize``) and the record and card themselves
+are ``hub``'s, which publishes them too; ``summarize`` is re-exported here."""
 
 from __future__ import annotations
 
@@ -6,10 +8,15 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
 
 from . import columns as C
+from .hub import CARD, RUN_RECORD, render_dataset_card, run_record, summarize
 from .transform import Unsafe2Safe
+
+__all__ = [
+    "anonymize_dataset", "anonymize_to_disk", "format_summary", "launched_processes", "resume_key", "save_dataset", "summarize",
+    "write_manifest", "write_run_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -231,28 +238,6 @@ def save_dataset(dataset, path: str) -> None:
         dataset.save_to_disk(path, num_shards=1 if len(dataset) == 0 else None)
 
 
-def summarize(dataset) -> dict:
-    """Counts per status and per category of an anonymized ``Dataset`` (or ``DatasetDict``)."""
-    import datasets
-
-    if isinstance(dataset, datasets.DatasetDict):
-        return {name: summarize(part) for name, part in dataset.items()}
-    table = dataset.select_columns([C.PRIVACY_FLAG, C.PRIVACY_CATEGORIES, C.ANONYMIZATION])
-    statuses, categories = Counter(), Counter()
-    flagged = 0
-    for row in table.iter(batch_size=1000):
-        flagged += sum(bool(f) for f in row[C.PRIVACY_FLAG])
-        statuses.update(a["status"] for a in row[C.ANONYMIZATION])
-        for cats in row[C.PRIVACY_CATEGORIES]:
-            categories.update(cats)
-    return {
-        "rows": len(dataset),
-        "flagged": flagged,
-        "statuses": {s: statuses.get(s, 0) for s in C.STATUSES},
-        "categories": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
-    }
-
-
 def format_summary(summary: dict) -> str:
     if "rows" not in summary:
         return "\n\n".join(f"[{name}]\n{format_summary(part)}" for name, part in summary.items())
@@ -275,8 +260,6 @@ def format_summary(summary: dict) -> str:
 def write_run_record(output_dir: str, anonymize: Unsafe2Safe, source: str, summary: dict, local: bool | None = None) -> dict:
     """Next to the saved dataset: ``unsafe2safe_run.json`` (config, version, prompt hashes, counts) and a
     dataset card ``README.md``; ``local`` as in ``hub.run_record``."""
-    from .hub import CARD, RUN_RECORD, render_dataset_card, run_record
-
     record = run_record(anonymize, source, summary, local)
     run_path = os.path.join(output_dir, RUN_RECORD)
     with open(run_path, "w") as f:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import encode, image_dataset
 
-from hf_unsafe2safe.evaluation.base import entropy_figure, normalized_entropy
 from hf_unsafe2safe.evaluation.demographics import AGE_BUCKETS, RACES, DemographicsConfig, age_bucket, age_labels
+from hf_unsafe2safe.evaluation.stats import entropy_figure, normalized_entropy
 
 LFW_SIDE, LFW_PAD = 120, 40
 

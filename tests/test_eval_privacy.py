@@ -13,7 +13,7 @@ pytest.importorskip("rapidfuzz")
 
 from hf_unsafe2safe.evaluation.base import Pair  # noqa: E402
 from hf_unsafe2safe.evaluation.metrics import BLANK_STD, FacePair, blank_crop, text_similarity  # noqa: E402
-from hf_unsafe2safe.evaluation.privacy import pooled_mean_figure  # noqa: E402
+from hf_unsafe2safe.evaluation.stats import pooled_mean_figure  # noqa: E402
 
 
 def test_one_face_at_0_9_and_nine_at_0_1_pool_to_0_18():

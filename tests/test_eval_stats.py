@@ -6,14 +6,9 @@ import io
 import numpy as np
 import pytest
 
-from hf_unsafe2safe.evaluation.base import Pair, ratio_figure, wilson_interval
-from hf_unsafe2safe.evaluation.quality import (
-    directional_clip,
-    frechet_distance,
-    image_changed,
-    kernel_inception_distance,
-    set_distance_figure,
-)
+from hf_unsafe2safe.evaluation.base import Pair
+from hf_unsafe2safe.evaluation.quality import directional_clip, frechet_distance, image_changed, kernel_inception_distance
+from hf_unsafe2safe.evaluation.stats import ratio_figure, set_distance_figure, wilson_interval
 
 
 def _feature_sets(n: int, d: int, shifted: bool, seed: int = 0):

@@ -11,7 +11,7 @@ pytest.importorskip("rapidfuzz")
 
 from hf_unsafe2safe import Unsafe2Safe  # noqa: E402
 from hf_unsafe2safe.evaluation import evaluate  # noqa: E402
-from hf_unsafe2safe.evaluation.report import align, bootstrap_ci  # noqa: E402
+from hf_unsafe2safe.evaluation.stats import align, bootstrap_ci  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,8 @@ def test_fid_and_kid_math_on_fixed_features():
 
 
 def test_fid_and_kid_intervals_resample_pairs_deterministically():
-    from hf_unsafe2safe.evaluation.quality import frechet_distance, kernel_inception_distance, set_distance_figure
+    from hf_unsafe2safe.evaluation.quality import frechet_distance, kernel_inception_distance
+    from hf_unsafe2safe.evaluation.stats import set_distance_figure
 
     rng = np.random.RandomState(1)
     before = rng.randn(200, 4)
@@ -285,8 +286,8 @@ def datasets_concat(parts):
 
 def test_metrics_are_chosen_by_group_or_name_and_plug_ins_join_the_report(originals, tmp_path):
     from hf_unsafe2safe.evaluation import PairMetric
-    from hf_unsafe2safe.evaluation.base import mean_figure
     from hf_unsafe2safe.evaluation.report import resolve_metrics
+    from hf_unsafe2safe.evaluation.stats import mean_figure
 
     assert resolve_metrics(["privacy", "faces", "cheating"]) == ["faces", "text", "age_gender", "race", "vlm_score", "pixels", "overedit", "lpips"]
     assert resolve_metrics("demographics") == ["age_gender", "race"]

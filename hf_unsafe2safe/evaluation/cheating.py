@@ -11,8 +11,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..config import LiteEditorConfig, _check
-from .base import BOOTSTRAP_ROUNDS, Pair, PairMetric, file_sha256, first_line, mean_figure, package_version, ratio_figure
+from .base import Pair, PairMetric, file_sha256, first_line, package_version
 from .metrics import _grey, hamming, phash, ssim
+from .stats import BOOTSTRAP_ROUNDS, cluster_ratio_ci, mean_figure, ratio_figure
 
 NEAR_DUPLICATE_BITS = 8  # perceptual-hash distance at or under which two images count as near-duplicates
 UNCHANGED_SSIM = 0.98  # a flagged image this similar to its source was not really anonymized
@@ -189,18 +190,12 @@ def over_edit(original: np.ndarray, anonymized: np.ndarray, regions, dilation: f
 
 
 def _pooled(sums, counts, seed: int, rounds: int = BOOTSTRAP_ROUNDS) -> dict:
-    """sum(sums) / sum(counts) over pairs, with a percentile bootstrap interval that resamples whole pairs (the
-    pixels of one image are not independent, so no interval over pixels)."""
+    """sum(sums) / sum(counts) over pairs, with a percentile bootstrap interval that resamples whole pairs
+    (``stats.cluster_ratio_ci``: the pixels of one image are not independent, so no interval over pixels)."""
     sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
     total = float(counts.sum())
     value = float(sums.sum() / total) if total else None
-    ci = None
-    if total and len(counts) >= 2:
-        idx = np.random.default_rng(seed).integers(0, len(counts), size=(rounds, len(counts)))
-        c = counts[idx].sum(axis=1)
-        ratios = sums[idx].sum(axis=1)[c > 0] / c[c > 0]
-        ci = [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if len(ratios) else None
-    return {"value": value, "ci95": ci, "pixels": int(total)}
+    return {"value": value, "ci95": cluster_ratio_ci(sums, counts, seed, rounds), "pixels": int(total)}
 
 
 def _overedit_figures(dilation: float, feather: int, margin: int) -> dict[str, str]:

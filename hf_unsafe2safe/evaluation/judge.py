@@ -17,7 +17,8 @@ import numpy as np
 
 from ..config import _check, check_chat_backend
 from ..inspection.parsing import AnswerError, extract_json_object
-from .base import Pair, PairMetric, first_line, hub_model, mean_figure, ratio_figure
+from .base import Pair, PairMetric, first_line, hub_model
+from .stats import mean_figure, ratio_figure
 
 SCORE_PROMPT = "vlm_score_v1.txt"
 DTYPES = ("auto", "bfloat16", "float16", "float32")

@@ -5,7 +5,7 @@ pairs into figures.
 Populations. The face figures pool over faces: every face RetinaFace finds in an original (all evaluated pairs,
 flagged or not: a face that passed through unflagged is a leak too) weighs the same, whatever the number of faces
 in its image, as the paper's FaceSim; the intervals of the two mean figures resample pairs (the faces of one image
-are not independent: a cluster bootstrap), the shares take ``base.ratio_figure``'s interval (named in ``interval``).
+are not independent: a cluster bootstrap), the shares take ``stats.ratio_figure``'s interval (named in ``interval``).
 A face counts in ``face_sim`` / ``face_reidentified_share`` only when the anonymized image has a face to compare
 it with, and in ``face_spot_distance`` only when its spot there is not blank; the others are counted in
 ``face_vanished_share`` / ``face_spot_blank_share``. The text figures count flagged pairs only (an unflagged pair
@@ -15,35 +15,18 @@ original holds at least ``MIN_TEXT_CHARS`` letters or digits of text.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import _check
-from .base import BOOTSTRAP_ROUNDS, Pair, PairMetric, file_sha256, first_line, mean_figure, package_version, ratio_figure
+from .base import Pair, PairMetric, file_sha256, first_line, package_version
 from .metrics import BLANK_STD, DLIB_SAME_PERSON, MIN_TEXT_CHARS, FacePair, dlib_model, leaked_strings, text_similarity
+from .stats import mean_figure, pooled_mean_figure, ratio_figure
 
 FACE_EMBEDDERS = ("dlib", "arcface-onnx")
-
-
-def pooled_mean_figure(groups, definition: str, seed: int, model: str, rounds: int = BOOTSTRAP_ROUNDS) -> dict:
-    """Mean over every value of every group (``groups``: one list of values per pair, e.g. its faces), each value
-    weighing the same. The 95% interval is a percentile bootstrap that draws pairs with replacement and recomputes
-    the pooled mean (a cluster bootstrap: values of one pair are not independent), deterministic under ``seed``;
-    pairs without a value take no part. ``n``: the values pooled; ``pairs``: the pairs holding them."""
-    groups = [np.asarray(g, dtype=np.float64) for g in groups if g is not None and len(g)]
-    sums = np.array([g.sum() for g in groups], dtype=np.float64)
-    sizes = np.array([len(g) for g in groups], dtype=np.float64)
-    n = int(sizes.sum())
-    ci = None
-    if len(groups) >= 2:
-        idx = np.random.default_rng(seed).integers(0, len(groups), size=(rounds, len(groups)))
-        means = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)  # every draw holds at least one value
-        ci = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-    value = float(sums.sum() / n) if n else None
-    interval = f"percentile bootstrap 95% interval over pairs ({rounds} rounds; the values of one pair are drawn together)"
-    return {"value": value, "ci95": ci, "n": n, "definition": definition, "model": model, "pairs": len(groups), "interval": interval}
 
 
 @dataclass
@@ -197,7 +180,9 @@ class TextSimMetric(PairMetric):
             from .metrics import TextReader
 
             self.reader = TextReader()
-            import rapidfuzz  # noqa: F401
+            # text_similarity imports rapidfuzz only when it compares a pair: import it now, so that a missing
+            # package makes the metric unavailable here rather than failing on the first pair
+            importlib.import_module("rapidfuzz")
         except ImportError as exc:
             self.unavailable = f"OCR or rapidfuzz missing ({first_line(exc)}); pip install 'hf_unsafe2safe[eval]'"
         self.per_pair = {"text_sim": []}

@@ -2,14 +2,16 @@
 
 They need a CLIP model (``transformers`` ``CLIPModel``, by Hub id or local path) or, for FID / KID, any
 ``transformers`` vision model. None ships in a package, so offline they are reported ``unavailable`` with the
-reason, never as a made-up number.
+reason, never as a made-up number. The intervals of FID / KID (half-subsets of the pairs) come from
+``stats.set_distance_figure``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Pair, PairMetric, first_line, hub_model, mean_figure
+from .base import Pair, PairMetric, first_line, hub_model
+from .stats import SUBSET_INTERVAL, SUBSET_ROUNDS, mean_figure, set_distance_figure
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the paper's ViT-L/14
 
@@ -88,60 +90,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = np.real(linalg.sqrtm(cov_a @ cov_b))  # complex only by rounding: S_a S_b has real eigenvalues >= 0
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))
-
-
-SUBSET_ROUNDS = 100  # each round recomputes the distance (for FID a d x d matrix square root)
-SUBSET_INTERVAL = (
-    "95% interval: the spread of the figure over {rounds} random half-subsets of the pairs (all of them when there "
-    "are fewer), drawn without replacement (no pair twice, so no duplicated features), centred on the full-set value "
-    "(delete-half jackknife): the sampling variability at this number of pairs"
-)
-
-
-def half_subsets(n: int, rounds: int, rng: np.random.Generator) -> tuple[int, list[np.ndarray]]:
-    """Subset size m = max(2, n // 2) and index sets of m of the ``n`` pairs, each drawn without replacement:
-    every such set when there are at most ``rounds`` of them, else ``rounds`` random ones. Without replacement
-    because a with-replacement bootstrap repeats rows, and repeats bias both set distances upwards: FID sees fewer
-    distinct features (its small-sample bias grows) and KID's within-set kernel sums pair a row with its own copy."""
-    import itertools
-    import math
-
-    m = max(2, n // 2)
-    if math.comb(n, m) <= rounds:
-        return m, [np.array(s) for s in itertools.combinations(range(n), m)]
-    return m, [np.sort(rng.choice(n, size=m, replace=False)) for _ in range(rounds)]
-
-
-def half_subset_interval(distance, before: np.ndarray, after: np.ndarray, value: float, seed: int, rounds: int = SUBSET_ROUNDS) -> list[float] | None:
-    """95% interval of a set distance from half-subsets of the pairs (row i of both sets kept together),
-    deterministic under ``seed``; None under 3 pairs. The subset values' deviations from their median, scaled by
-    sqrt(m / (n - m)) (1 for half-subsets), are added to the full-set ``value``. This is the delete-d jackknife
-    with d = n - m: the variance of a statistic over subsets of m, times m / (n - m), estimates its variance over
-    n (Shao & Wu 1989 show this for a wide class of statistics when d is a fixed fraction of n). Centring on the
-    median removes the extra small-sample bias of the smaller subsets (FID's bias grows as the set shrinks) and
-    puts the full-set value inside the interval, by construction. The interval covers the sampling variability at
-    n pairs, not FID's bias itself."""
-    n = len(before)
-    if n < 3:
-        return None
-    m, subsets = half_subsets(n, rounds, np.random.default_rng(seed))
-    values = np.array([distance(before[s], after[s]) for s in subsets])
-    spread = (values - np.median(values)) * np.sqrt(m / (n - m))
-    return [value + float(np.percentile(spread, 2.5)), value + float(np.percentile(spread, 97.5))]
-
-
-def set_distance_figure(distance, before: np.ndarray, after: np.ndarray, definition: str, seed: int, model: str, rounds: int = SUBSET_ROUNDS, floor: float | None = None) -> dict:
-    """A distance between two feature sets (None under 2 pairs) with the half-subset interval of
-    ``half_subset_interval``; ``floor`` is the least value the distance can take (FID: 0), where the interval's
-    lower end is cut."""
-    n = len(before)
-    if n < 2:
-        return {"value": None, "ci95": None, "n": n, "definition": definition, "model": model}
-    value = distance(before, after)
-    ci = half_subset_interval(distance, before, after, value, seed, rounds)
-    if ci is not None and floor is not None:
-        ci[0] = min(max(ci[0], floor), value)
-    return {"value": value, "ci95": ci, "n": n, "definition": definition, "model": model, "interval": SUBSET_INTERVAL.format(rounds=rounds)}
 
 
 def kernel_inception_distance(a: np.ndarray, b: np.ndarray) -> float:

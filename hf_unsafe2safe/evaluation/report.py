@@ -1,16 +1,19 @@
-"""``evaluate(original, anonymized)``: aligned pairs -> pluggable pair metrics (privacy, cheating, quality) and
-the utility experiment -> a report in which every figure has its definition, model (id + revision or package
-version), sample count and bootstrap 95% interval, written as report.json, report.md and plots.
+"""The report: ``evaluate(original, anonymized)`` aligns the pairs (``stats.align``), runs the pluggable pair
+metrics (privacy, cheating, quality) and the utility experiment, and gathers their figures into an ``EvalReport``
+in which every figure has its definition, model (id + revision or package version), sample count and 95%
+interval; ``EvalReport.write`` writes it as report.json, report.md, report.html and plots. Also here: the metric
+names and groups (``METRICS``, ``GROUPS``), the per-category table, and ``flag_quality`` (Stage 1's flag against
+a ground-truth column).
 
 Metrics are chosen by name or by group (``--metrics``); each is a ``base.PairMetric`` built from its config.
 A metric whose model cannot be loaded (no weights offline, optional package missing, no judge configured)
-reports its figures as ``unavailable`` with the reason."""
+reports its figures as ``unavailable`` with the reason. The warnings come from ``checks``, the intervals from
+``stats``."""
 
 from __future__ import annotations
 
 import html
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,10 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import columns as C
-from .base import Pair, PairMetric, bootstrap_ci, unavailable  # noqa: F401 - bootstrap_ci is part of this module's API
+from .base import Pair, PairMetric, unavailable
 from .checks import report_warnings
-
-logger = logging.getLogger(__name__)
+from .stats import align, wilson_interval
 
 # name -> what it measures; groups expand to names
 METRICS = {
@@ -125,7 +127,7 @@ class EvalReport:
         else:
             lines += ["No warnings: no over-edit, copy, privacy leak or unmeasured dimension was detected (thresholds: hf_unsafe2safe/evaluation/checks.py).", ""]
         if self.skipped:
-            lines += [f"Pairs not measured by any pair metric: " + ", ".join(f"{n} ({reason})" for reason, n in self.skipped.items()) + ".", ""]
+            lines += ["Pairs not measured by any pair metric: " + ", ".join(f"{n} ({reason})" for reason, n in self.skipped.items()) + ".", ""]
         lines += ["| metric | value | 95% CI | n |", "|---|---|---|---|"]
         for name, m in self.metrics.items():
             value = (f"unavailable ({m['unavailable']})" if m.get("unavailable") else "n/a (nothing to measure)") if m["value"] is None else f"{m['value']:.4f}"
@@ -315,8 +317,6 @@ def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
         f1 = 2 * p * r / (p + r) if p is not None and r is not None and p + r else None
         return {"precision": p, "recall": r, "f1": f1}
 
-    from .base import wilson_interval
-
     point = scores(truth, flag)
     tp = int((truth & flag).sum())
     populations = {"precision": (int(flag.sum()), "rows flagged"), "recall": (int(truth.sum()), f"rows whose `{truth_column}` is true")}
@@ -335,65 +335,6 @@ def flag_quality(anonymized, truth_column: str, seed: int = 0) -> dict:
         "n": int(len(truth)), "definition": f"F1 of privacy_flag against `{truth_column}`, over all rows (bootstrap 95% interval over rows)",
     }
     return out
-
-
-def align(original, anonymized, key: str | None = None, image_column: str = "image", run_seed: int = 0):
-    """Pairs of rows, by ``key`` when given, else by position, checked on every shared non-image column or, when
-    the datasets share none, on the content: each anonymized row's ``anonymization.seed`` derives from the
-    original image's bytes and the run's global seed (``run_seed``), so a shifted or reordered row shows."""
-    if key is not None:
-        for name, ds in (("original", original), ("anonymized", anonymized)):
-            if key not in ds.column_names:
-                raise ValueError(f"Got {key!r} for `key`; the {name} dataset has columns {ds.column_names}")
-        index = {k: i for i, k in enumerate(original[key])}
-        if len(index) != len(original):
-            raise ValueError(f"`key` column {key!r} is not unique in the original dataset")
-        missing = [k for k in anonymized[key] if k not in index]
-        if missing:
-            raise ValueError(f"{len(missing)} anonymized rows have no original with the same {key!r} (e.g. {missing[:3]})")
-        return [(index[k], j) for j, k in enumerate(anonymized[key])]
-    if len(original) != len(anonymized):
-        raise ValueError(f"the datasets have {len(original)} and {len(anonymized)} rows; pass `key` to align them by a column")
-    shared = [c for c in original.column_names if c in anonymized.column_names and c != image_column and c not in C.ADDED_COLUMNS]
-    for column in shared:
-        if original[column] != anonymized[column]:
-            raise ValueError(f"rows are not aligned: column {column!r} differs between the datasets; pass `key`")
-    if not shared:
-        _check_content_order(original, anonymized, image_column, run_seed)
-    return [(i, i) for i in range(len(original))]
-
-
-def _check_content_order(original, anonymized, image_column: str, run_seed: int) -> None:
-    """Position alone is never trusted: row i's anonymization seed must be the one the transform derives from the
-    bytes of the original's row i (rows without an image or a seed, e.g. invalid input, are skipped)."""
-    import hashlib
-
-    from datasets import Image
-
-    from ..transform import row_seed
-    from ..utils.images import image_bytes
-
-    if C.ANONYMIZATION not in anonymized.column_names:
-        raise ValueError("rows cannot be aligned: the datasets share no column to check their order and the anonymized one has no `anonymization` column; pass `key`")
-    cells = original.cast_column(image_column, Image(decode=False))[image_column] if image_column in original.column_names else []
-    checked = 0
-    for i, (cell, status) in enumerate(zip(cells, anonymized[C.ANONYMIZATION])):
-        seed = (status or {}).get("seed")
-        if seed is None or seed < 0:
-            continue
-        try:
-            data, _ = image_bytes(cell)
-        except (OSError, ValueError):
-            continue
-        if data is None:
-            continue
-        if row_seed(run_seed, hashlib.sha256(data).hexdigest()) != seed:
-            raise ValueError(
-                f"rows are not aligned: the anonymization seed of row {i} does not derive from the original image of row {i} "
-                f"(run seed {run_seed}); pass `key`, or `run_seed` if the anonymization ran with another --seed"
-            )
-        checked += 1
-    logger.info("row order checked on the content of %d rows", checked)
 
 
 def _rgb(cell):

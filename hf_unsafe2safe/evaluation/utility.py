@@ -50,6 +50,7 @@ import numpy as np
 
 from .. import columns as C
 from ..config import _check
+from .stats import align, bootstrap_ci
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +220,6 @@ class UtilityResult:
 
     def metrics(self) -> dict:
         """name -> {"value", "ci95", "n", "definition", "model"}, the shape of every figure of the report."""
-        from .report import bootstrap_ci
-
         seed, rounds = self.config.seed, self.config.bootstrap_rounds
         a = self.original.correct.astype(np.float64)
         b = self.anonymized.correct.astype(np.float64)
@@ -630,8 +629,6 @@ def evaluate_utility(original_train, anonymized_train, original_test, config: Ut
     that cannot be read are dropped and counted. An anonymized row without a readable image and any other
     status, or with another label than its original, is an error.
     """
-    from .report import align
-
     cfg = config or UtilityConfig()
     # 1. check the inputs and pair the training rows
     for name, ds in (("original training", original_train), ("anonymized training", anonymized_train), ("original test", original_test)):
