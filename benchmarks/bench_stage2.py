@@ -163,7 +163,7 @@ def build_sd3(device: str, dtype, tiny: bool):
 def make_editor(name: str, config, device: str, tiny: bool):
     """The project's editor class with ``load_pipeline`` building random weights on the device (everything else,
     ``edit`` and the FlowEdit loop included, is the project's code)."""
-    from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor
+    from hf_unsafe2safe.editing.instruct_pix2pix import InstructPix2PixEditor
     from hf_unsafe2safe.editing.flowedit import FlowEditEditor
 
     base, build = {"instruct-pix2pix": (InstructPix2PixEditor, build_instruct_pix2pix), "flowedit": (FlowEditEditor, build_sd3)}[name]
@@ -256,7 +256,7 @@ def bench_editor(name: str, args, images, measure, checkpoint) -> dict:
     checkpoint(result)
     if args.device.startswith("cuda"):
         result["weights_gib"] = round(torch.cuda.memory_allocated(args.device) / 2**30, 2)
-    timer = EditorTimer(name, editor, args, images, measure, bc.WarningCounter("hf_unsafe2safe.editing.diffusion"))
+    timer = EditorTimer(name, editor, args, images, measure, bc.WarningCounter("hf_unsafe2safe.editing.base"))
     budget = bc.TimeBudget(args.time_budget)
 
     # warm-up: one short call (kernels, allocator)

@@ -558,7 +558,8 @@ def cmd_finetune(args) -> int:
     import datasets
 
     from .config import REVISIONS
-    from .training.finetune import RECORD, FinetuneConfig, finetune_editor
+    from .training.common import RECORD, FinetuneConfig
+    from .training.finetune import finetune_editor
 
     try:
         data = datasets.load_from_disk(args.dir)

@@ -2,6 +2,10 @@
 
 A config serialises to a plain dict (``to_dict``), which is what the transform pickles to, what the
 ``datasets`` fingerprint hashes and what the run report records.
+
+Configs are data: the defaults they fill in live here with them (the presets, the pinned model revisions, the
+diffusion editors' names, default checkpoints and recommended steps / guidance), and this module imports no
+implementation (only ``taxonomy``, the category data); the implementations read their settings from here.
 """
 
 from __future__ import annotations
@@ -250,6 +254,23 @@ class GroundingConfig(ModelConfig):
         _check(0.0 < self.threshold < 1.0, "grounding.threshold", self.threshold, "a float in (0, 1)")
 
 
+# Stage 2's diffusion editors by name (``editing.registry`` maps each to its class), the checkpoint each loads when
+# `diffusion.model` is left empty, and the (steps, guidance_scale) each model card recommends, used where the config
+# leaves them unset (FlowEdit guides with source_guidance / target_guidance instead; for qwen-image-edit the guidance
+# is true_cfg_scale)
+EDITORS = ("instruct-pix2pix", "inpaint", "flowedit", "kontext", "qwen-image-edit")
+DEFAULT_EDITOR_MODELS = {
+    "instruct-pix2pix": "timbrooks/instruct-pix2pix",
+    "inpaint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    "flowedit": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "kontext": "black-forest-labs/FLUX.1-Kontext-dev",
+    "qwen-image-edit": "Qwen/Qwen-Image-Edit",
+}
+EDITOR_DEFAULTS = {
+    "instruct-pix2pix": (20, 7.5), "inpaint": (20, 7.5), "flowedit": (50, 13.5), "kontext": (28, 2.5), "qwen-image-edit": (50, 4.0),
+}
+
+
 @dataclass
 class DiffusionEditorConfig(ModelConfig):
     """Stage 2 with a ``diffusers`` instruction editor, composited back inside the sensitive regions only."""
@@ -297,8 +318,6 @@ class DiffusionEditorConfig(ModelConfig):
     lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        from .editing.diffusion import DEFAULT_EDITOR_MODELS, EDITOR_DEFAULTS, EDITORS
-
         _check(self.name in EDITORS, "diffusion.name", self.name, f"one of {EDITORS}")
         if not self.model:
             self.model = DEFAULT_EDITOR_MODELS[self.name]
@@ -436,7 +455,7 @@ REVISIONS = {
     "OpenGVLab/InternVL2_5-8B-MPO-hf": "543db189852edd2dbf0c0395c6afe4159cdc842f",
     "Qwen/Qwen3-4B-Instruct-2507": "cdbee75f17c01a7cc42f958dc650907174af0554",
     "google/owlv2-large-patch14-ensemble": "d638f16c163f70a8b6bd643b2ddbfc8be2c34807",
-    # the diffusion editors' default checkpoints (editing.diffusion.DEFAULT_EDITOR_MODELS)
+    # the diffusion editors' default checkpoints (DEFAULT_EDITOR_MODELS)
     "timbrooks/instruct-pix2pix": "31519b5cb02a7fd89b906d88731cd4d6a7bbf88d",
     "stable-diffusion-v1-5/stable-diffusion-inpainting": "8a4288a76071f7280aedbdb3253bdb9e9d5d84bb",
     "stabilityai/stable-diffusion-3-medium-diffusers": "ea42f8cef0f178587cf766dc8129abd379c90671",

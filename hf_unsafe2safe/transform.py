@@ -4,7 +4,19 @@
     ds = anonymize.prepare(ds)   # image column undecoded, so safe images keep their exact bytes
     safe = ds.map(anonymize, batched=True, with_rank=True, features=anonymize.output_features(ds.features))
 
-The object pickles to its config (models are never pickled; each process loads them once, on first use),
+A batch goes: decode (unreadable rows: ``invalid_input``) -> Stage 1 -> Stage 2 -> the added columns. Each stage is
+an ordered list of components built from the config (``build_stages``) under one fail-closed rule:
+
+- Stage 1 (``inspection/stage.py``): detectors -> vlm -> grounder -> instructor, each adding to the inspections of
+  the batch (``inspection/lite.py``, ``inspection/vlm.py``, ``inspection/grounding.py``);
+- Stage 2 (``editing/stage.py``): diffusion -> compositor -> leak_check -> region_editor -> fallback, taking every
+  flagged row to a safe image (``editing/registry.py`` for the diffusion editors, ``editing/compositing.py``,
+  ``editing/leaks.py``, ``editing/lite.py``); the others keep their bytes.
+
+The lite preset runs [detectors] and [region_editor, fallback]. Row components run on the row threads
+(``inspector.num_threads``), model components batched over every readable row.
+
+The object pickles to its config (models are never pickled; each process builds both stages once, on first use),
 and its ``datasets`` fingerprint is made from config + package version + prompt/template hashes only.
 """
 
@@ -82,11 +94,8 @@ class Unsafe2Safe:
         if not isinstance(config, PipelineConfig):
             raise TypeError(f"Got {type(config).__name__} for `config`; expected a PipelineConfig.")
         self.config = config
-        self._runtime = None
-        self._model_stage = None
-        self._pool = None  # the row threads of the lite stages (built on first use, never pickled)
-        self._diffusion = None
-        self._leaks = None
+        self._stages = None  # (Stage 1, Stage 2) component lists, built on first use, never pickled
+        self._pool = None  # the row threads (built on first use, never pickled)
         self._warned_decoded = False
 
     @classmethod
@@ -227,132 +236,81 @@ class Unsafe2Safe:
             return buf.getvalue(), None
         return data, err
 
-    def build_stages(self):
-        """``(inspector, editor)`` for this config; called once per process, on first use.
+    # ---- the two stages ------------------------------------------------------------------------
+    def build_component(self, name: str, rank: int | None = None):
+        """The component registered as ``name`` (``inspection.stage.STAGE1`` or ``editing.stage.STAGE2``) for this
+        config on the device of ``rank``, or None where the config leaves it out. Override it to plug in another
+        implementation of one component."""
+        from .editing import stage as stage2
+        from .inspection import stage as stage1
 
-        The inspector has ``inspect(DecodedImage) -> Inspection``; the editor has ``name``,
-        ``edit(pixels, regions) -> (pixels, methods)`` and ``fallback(pixels) -> pixels``.
-        """
-        from .editing.lite import RegionEditor
-        from .inspection.lite import LiteInspector
-        from .inspection.templates import TemplateCaptioner
-        from .taxonomy import load_taxonomy
+        registry = stage1 if name in stage1.STAGE1 else stage2
+        return registry.component_class(name).from_config(self.config, rank)
 
-        return (
-            LiteInspector(self.config.inspector, load_taxonomy(), TemplateCaptioner()),
-            RegionEditor(self.config.editor),
-        )
+    def build_stages(self, rank: int | None = None) -> tuple[list, list]:
+        """Stage 1 and Stage 2 of this config, as ordered lists of components (models loaded on the device of
+        ``rank``); called once per process, on first use. Stage 2 is built from its end, so that a missing
+        dependency of a cheap component (dlib, for the leak check) fails before a diffusion model loads."""
+        from .editing.stage import STAGE2
+        from .inspection.stage import STAGE1
+
+        stage1 = [self.build_component(name, rank) for name in STAGE1]
+        stage2 = [self.build_component(name, rank) for name in reversed(STAGE2)][::-1]
+        return [c for c in stage1 if c is not None], [c for c in stage2 if c is not None]
+
+    def stages(self, rank: int | None = None) -> tuple[list, list]:
+        """Stage 1 and Stage 2 of this process (``build_stages`` on first use)."""
+        if self._stages is None:
+            self._stages = self.build_stages(rank)
+        return self._stages
+
+    def component(self, name: str, rank: int | None = None):
+        """This process's component called ``name`` (of either stage), or None when the config leaves it out."""
+        stage1, stage2 = self.stages(rank)
+        return next((c for c in [*stage1, *stage2] if c.name == name), None)
 
     def load(self, rank: int | None = None) -> "Unsafe2Safe":
-        """Build every stage now, in this process (``map`` otherwise builds them on the first batch), so that a
+        """Build both stages now, in this process (``map`` otherwise builds them on the first batch), so that a
         wrong model id or a missing weight fails before any row is processed."""
-        self.stages()
-        self.model_stage(rank)
-        self.diffusion_editor(rank)
+        self.stages(rank)
         return self
 
-    def stages(self):
-        if self._runtime is None:
-            self._runtime = self.build_stages()
-        return self._runtime
-
-    def build_model_stage(self, rank: int | None = None):
-        """The model half of Stage 1 (VLM + instruction LLM) on the rank's device, or None for lite."""
-        if self.config.vlm is None:
-            return None
-        from .inspection.vlm import EditInstructionWriter, ModelStage1, VLMInspector, build_chat_generator, pick_device
-        from .taxonomy import load_taxonomy
-
-        device = pick_device(rank)
-        v = self.config.vlm
-        vlm = build_chat_generator(v, device, vision=True)
-        inspector = VLMInspector(vlm, v.category_list(), v.box_format, v.image_max_side, v.image_min_side, v.max_new_tokens, v.batch_size, v.repair,
-                                 passes=v.passes, flag_max_new_tokens=v.flag_max_new_tokens, retry_max_new_tokens=v.retry_max_new_tokens)
-        writer = None
-        if self.config.instructor is not None:
-            i = self.config.instructor
-            llm = build_chat_generator(i, device, vision=False)
-            writer = EditInstructionWriter(llm, i.max_new_tokens, i.batch_size, i.target_caption)
-        grounder = None
-        if self.config.grounding is not None:
-            from .inspection.grounding import RegionGrounder, grounding_queries
-
-            g = self.config.grounding
-            queries = grounding_queries([cid for cid, _ in v.category_list()])
-            grounder = RegionGrounder(g.model, g.revision, g.dtype, device, queries, g.threshold, g.batch_size)
-        return ModelStage1(inspector, writer, load_taxonomy().ids, grounder)
-
-    def model_stage(self, rank: int | None):
-        if self.config.vlm is None:
-            return None
-        if self._model_stage is None:
-            self._model_stage = self.build_model_stage(rank)
-        return self._model_stage
-
     def _run(self, items: list[tuple], rank: int | None) -> list[RowResult]:  # items: (bytes, read error, class name)
-        from .inspection.base import Inspection
-        from .utils.images import InvalidImage, decode
+        from .editing.stage import EditRow, run_edits
+        from .inspection.stage import InspectionBatch, run_inspection
 
-        inspector, editor = self.stages()
-        results: list[RowResult | None] = [None] * len(items)
-
-        def inspect(item: tuple):  # (bytes, read error[, class name])
-            data, read_error = item[0], item[1]
-            # 1. decode (bad input -> invalid_input, image emptied, the run goes on)
-            if data is None:
-                return self._invalid(read_error or "image is missing")
-            try:
-                source = decode(data, self.config.max_image_pixels)
-            except InvalidImage as exc:
-                return self._invalid(str(exc))
-            # 2. Stage 1, detectors: a failure flags the row (fail closed)
-            try:
-                inspection = inspector.inspect(source)
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("inspection failed")
-                inspection = Inspection(flagged=True, error=f"inspection failed: {describe_error(exc)}", caption_source=C.CAPTION_NONE)
-            return source, inspection
-
-        rows = []  # (index, source, inspection) of the readable rows
-        for index, done in enumerate(self._each_row(inspect, items)):
-            if isinstance(done, RowResult):
-                results[index] = done
-            else:
-                rows.append((index, *done))
-        # 3. Stage 1, models: one batched pass over every readable row of the batch
-        models = self.model_stage(rank)
-        if models is not None and rows:
-            try:
-                classes = [items[index][2] if len(items[index]) > 2 else None for index, _, _ in rows]
-                models.apply([source.image for _, source, _ in rows], [ins for _, _, ins in rows], classes)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: every row of the batch fails closed
-                logger.exception("model inspection failed")
-                for _, _, ins in rows:
-                    ins.flagged, ins.error = True, f"model inspection failed: {describe_error(exc)}"
-        # every flagged category needs an edited region (or the metadata removal) that takes care of it; one that
-        # has none cannot be edited region by region: the whole image is (fail closed)
-        for _, _, ins in rows:
-            ins.require_coverage()
-        # 4. Stage 2, diffusion (when configured): one bucketed, batched pass over the rows with regions to edit
-        diffused, diffusion_error = self._diffuse(rows, rank)
-        # 5. Stage 2 for flagged rows only; unflagged rows keep their bytes
-
-        def finish(k: int) -> RowResult:
-            _, source, inspection = rows[k]
-            result = self._finish(source, inspection, editor, row_seed(self.config.seed, source.sha256), diffused.get(k), diffusion_error)
-            result.original = {"bytes": source.data, "path": None} if self.config.keep_original else None
-            return result
-
-        # the leak check's dlib models are not shared between threads: with a diffusion editor rows finish in turn
-        finished = self._each_row(finish, range(len(rows))) if self.config.diffusion is None else [finish(k) for k in range(len(rows))]
-        for (index, _, _), result in zip(rows, finished):
-            results[index] = result
+        stage1, stage2 = self.stages(rank)
+        # 1. decode (bad input -> invalid_input, image emptied, the run goes on)
+        decoded = self._each_row(self._decode, items)
+        readable = [i for i, d in enumerate(decoded) if not isinstance(d, RowResult)]
+        # 2. Stage 1 over the readable rows: row components on the row threads, model components batched
+        batch = InspectionBatch([decoded[i] for i in readable], classes=[items[i][2] for i in readable], each_row=self._each_row)
+        run_inspection(stage1, batch)
+        # 3. Stage 2: flagged rows edited (fail closed), the others keep their bytes
+        rows = [EditRow(source, ins, row_seed(self.config.seed, source.sha256), self.config.editor.jpeg_quality) for source, ins in zip(batch.sources, batch.inspections)]
+        run_edits(stage2, rows, self._each_row)
+        results = list(decoded)
+        for i, row in zip(readable, rows):
+            original = {"bytes": row.source.data, "path": None} if self.config.keep_original else None
+            results[i] = RowResult(row.image, row.inspection, row.status, row.editor, row.seed, row.error, row.metadata_removed, original)
         return results
 
+    def _decode(self, item: tuple):
+        """The row's ``DecodedImage``, or its ``invalid_input`` result."""
+        from .utils.images import InvalidImage, decode
+
+        data, read_error = item[0], item[1]
+        if data is None:
+            return self._invalid(read_error or "image is missing")
+        try:
+            return decode(data, self.config.max_image_pixels)
+        except InvalidImage as exc:
+            return self._invalid(str(exc))
+
     def _each_row(self, fn, items) -> list:
-        """``[fn(item) for item in items]``, the items spread over the lite stages' row threads (ONNX Runtime,
-        OpenCV and Pillow release the GIL; each detector call runs on one core, so rows, not operators, share the
-        cores). Every row's result is independent of the threads: the same bytes come out either way."""
+        """``[fn(item) for item in items]``, the items spread over the row threads (ONNX Runtime, OpenCV and Pillow
+        release the GIL; each detector call runs on one core, so rows, not operators, share the cores). Every row's
+        result is independent of the threads: the same bytes come out either way."""
         from .inspection.lite import resolve_threads
 
         items = list(items)
@@ -365,134 +323,8 @@ class Unsafe2Safe:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="unsafe2safe-row")
         return list(self._pool.map(fn, items))
 
-    def diffusion_editor(self, rank: int | None):
-        """The diffusers editor on the rank's device (built once per process), or None."""
-        if self.config.diffusion is None:
-            return None
-        if self._diffusion is None:
-            from .editing.registry import build_editor
-            from .inspection.vlm import pick_device
-
-            self.leak_checker()  # before the editor: a missing dlib fails in seconds, not after a model load
-            self._diffusion = build_editor(self.config.diffusion, pick_device(rank))
-        return self._diffusion
-
-    def leak_checker(self):
-        """The identity/text check of diffusion edits (built once per process), or None when it is off."""
-        d = self.config.diffusion
-        if d is None or not d.leak_check:
-            return None
-        if self._leaks is None:
-            from .editing.leaks import LeakChecker
-
-            self._leaks = LeakChecker(d.face_leak_distance, d.text_leak_similarity)
-        return self._leaks
-
-    def _diffuse(self, rows, rank) -> tuple[dict, str | None]:
-        editor = self.diffusion_editor(rank)
-        todo = [k for k, (_, _, ins) in enumerate(rows) if editor is not None and ins.flagged and ins.error is None and ins.regions]
-        if not todo:
-            return {}, None
-        try:
-            images = [rows[k][1].image for k in todo]
-            seeds = [row_seed(self.config.seed, rows[k][1].sha256) for k in todo]
-            if editor.uses_mask:  # repaint the regions from a caption of what should be there
-                from PIL import Image
-
-                from .editing.compositing import region_mask
-
-                e = self.config.editor
-                prompts = [rows[k][2].target_caption or rows[k][2].public_caption for k in todo]
-                masks = [Image.fromarray((region_mask(img.size, rows[k][2].regions, e.dilation, e.feather) > 0).astype("uint8") * 255) for k, img in zip(todo, images)]
-                return dict(zip(todo, editor.edit(images, prompts, seeds, masks))), None
-            if editor.uses_source_prompt:  # FlowEdit: from a caption of the source to the target caption
-                sources = [rows[k][2].private_caption for k in todo]
-                targets = [rows[k][2].target_caption or rows[k][2].public_caption for k in todo]
-                return dict(zip(todo, editor.edit(images, targets, seeds, source_prompts=sources))), None
-            prompts = [rows[k][2].edit_instruction or rows[k][2].public_caption for k in todo]
-            if getattr(editor, "uses_caption", False):  # dual prompt: the public caption as a second conditioning
-                captions = [rows[k][2].public_caption for k in todo]
-                return dict(zip(todo, editor.edit(images, prompts, seeds, captions=captions))), None
-            return dict(zip(todo, editor.edit(images, prompts, seeds))), None
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: these rows get the lite region edit
-            logger.exception("diffusion editing failed; using the lite region editor")
-            return {}, f"{editor.name} failed: {describe_error(exc)}"
-
     def _invalid(self, message: str) -> RowResult:
         return RowResult(None, None, C.STATUS_INVALID, "none", -1, message, [])
-
-    def _finish(self, source, inspection, editor, seed: int, diffused=None, diffusion_error: str | None = None) -> RowResult:
-        from .utils.images import encode, from_edit_array, pass_through, to_edit_array
-
-        removed = list(source.metadata.removed)
-        quality = self.config.editor.jpeg_quality
-        if not inspection.flagged or (inspection.error is None and not inspection.regions):
-            # unflagged, or flagged by metadata alone (removing it is the edit; the pixels hold nothing found)
-            try:
-                data, reencoded = pass_through(source)
-            except Exception as exc:  # noqa: BLE001 - the container could not be rewritten: write the pixels anew
-                logger.warning("pass-through failed (%s); re-encoding", describe_error(exc))
-                data, reencoded = encode(source.image, source, quality), True
-            status, editor_name = (C.STATUS_EDITED, "metadata-strip") if inspection.flagged else (C.STATUS_PASSED, "none")
-            return RowResult({"bytes": data, "path": None}, inspection, status, editor_name, seed, None, removed + (["reencoded"] if reencoded else []))
-        errors = [inspection.error] if inspection.error else []
-        if diffusion_error and inspection.error is None:
-            errors.append(diffusion_error)
-        if diffused is not None:
-            try:
-                return self._composite(source, inspection, editor, seed, diffused, removed)
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("diffusion composite failed; using the lite region editor")
-                errors.append(f"{self.config.diffusion.name} composite failed: {describe_error(exc)}")
-        if inspection.error is None:
-            try:
-                pixels, mode = to_edit_array(source.image)
-                edited, _ = editor.edit(pixels, inspection.regions)
-                data = encode(from_edit_array(edited, mode), source, quality)
-                return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, editor.name, seed, "; ".join(errors) or None, removed)
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("region edit failed; using the whole-image fallback")
-                errors.append(f"region edit failed: {describe_error(exc)}")
-        try:
-            pixels, mode = to_edit_array(source.image)
-            data = encode(from_edit_array(editor.fallback(pixels), mode), source, quality)
-            return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_FALLBACK, f"{editor.name}-fallback", seed, "; ".join(errors), removed)
-        except Exception as exc:  # noqa: BLE001
-            logger.exception("fallback edit failed; emptying the image")
-            errors.append(f"fallback failed: {describe_error(exc)}")
-            return RowResult(None, inspection, C.STATUS_FAILED, "none", seed, "; ".join(errors), removed)
-
-    def _composite(self, source, inspection, editor, seed, diffused, removed) -> RowResult:
-        """The diffusion output inside the regions; regions it left nearly unchanged get the lite edit too."""
-        from .editing.compositing import composite, is_blank, unchanged_regions
-        from .utils.images import encode, from_edit_array, to_edit_array
-
-        d, e = self.config.diffusion, self.config.editor
-        if is_blank(diffused):
-            raise ValueError("the editor returned a blank image")
-        result = composite(source.image, diffused, inspection.regions, e.dilation, e.feather, whole_image=d.mode == "global")
-        stale = unchanged_regions(source.image, result, inspection.regions, d.min_change)
-        notes = [f"{len(stale)} region(s) left nearly unchanged by {d.name} got the {editor.name} edit"] if stale else []
-        checker = self.leak_checker()
-        if checker is not None:
-            fresh = [r for r in inspection.regions if r not in stale]
-            leaks = checker.check(source.image, result, fresh) if fresh else []
-            for kind in ("face", "text"):
-                found = [leak for leak in leaks if leak.kind == kind]
-                if found:
-                    what = "identity (dlib distance" if kind == "face" else "text (similarity"
-                    evidence = ", ".join(f"{leak.evidence:.2f}" for leak in found)
-                    notes.append(f"{len(found)} {kind} region(s) whose {what} {evidence}) survived {d.name} got the {editor.name} edit")
-            stale = stale + [leak.region for leak in leaks]
-        name = d.name
-        if stale:
-            pixels, mode = to_edit_array(result)
-            pixels, _ = editor.edit(pixels, stale)
-            result = from_edit_array(pixels, mode)
-            name = f"{d.name}+{editor.name}"
-        note = "; ".join(notes) or None
-        data = encode(result, source, e.jpeg_quality)
-        return RowResult({"bytes": data, "path": None}, inspection, C.STATUS_EDITED, name, seed, note, removed)
 
     def _columns(self, results: list[RowResult]) -> dict:
         out = {name: [] for name in C.ADDED_COLUMNS}

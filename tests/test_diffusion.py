@@ -15,7 +15,8 @@ from hf_unsafe2safe import Unsafe2Safe  # noqa: E402
 from hf_unsafe2safe import columns as C  # noqa: E402
 from hf_unsafe2safe.config import DiffusionEditorConfig  # noqa: E402
 from hf_unsafe2safe.editing.compositing import region_mask, working_size  # noqa: E402
-from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor  # noqa: E402
+from hf_unsafe2safe.editing.instruct_pix2pix import InstructPix2PixEditor  # noqa: E402
+from hf_unsafe2safe.editing.stage import DiffusionEdit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +86,12 @@ class _CrashingEditor:
 
 
 class _CrashingPipeline(Unsafe2Safe):
-    """A diffusion editor that fails, plugged in through the diffusion_editor hook: fault injection."""
+    """A diffusion editor that fails, plugged in through the build_component hook: fault injection."""
 
-    def diffusion_editor(self, rank):
-        return _CrashingEditor()
+    def build_component(self, name, rank=None):
+        if name == "diffusion":
+            return DiffusionEdit(_CrashingEditor(), self.config.diffusion, self.config.editor)
+        return super().build_component(name, rank)
 
 
 def test_a_failing_diffusion_editor_falls_back_to_the_lite_region_edit():
@@ -142,7 +145,7 @@ def test_inpaint_editor_repaints_the_region_masks(tmp_path):
     face = encode(data.astronaut()[::4, ::4], "PNG")
     out = anonymize({"image": [{"bytes": face, "path": None}]})
     assert out[C.ANONYMIZATION][0]["editor"].startswith("inpaint")
-    assert anonymize._diffusion.pipe.__class__.__name__ == "StableDiffusionInpaintPipeline"
+    assert anonymize.component("diffusion").editor.pipe.__class__.__name__ == "StableDiffusionInpaintPipeline"
     assert_rewritten_only_inside_regions(face, out, 0, anonymize.config.editor)
 
 
@@ -151,7 +154,7 @@ def test_kontext_editor_keeps_sizes_seeds_and_regions(tmp_path):
     from skimage import data
     from tiny_models import build_tiny_kontext
 
-    from hf_unsafe2safe.editing.diffusion import KontextEditor
+    from hf_unsafe2safe.editing.kontext import KontextEditor
 
     path = build_tiny_kontext(str(tmp_path / "kontext"))
     config = DiffusionEditorConfig(name="kontext", model=path, steps=2, max_side=64)
@@ -185,7 +188,7 @@ def test_qwen_image_edit_editor_keeps_sizes_seeds_and_regions(tmp_path):
     from skimage import data
     from tiny_models import build_tiny_qwen_image_edit
 
-    from hf_unsafe2safe.editing.diffusion import QwenImageEditEditor
+    from hf_unsafe2safe.editing.qwen_image_edit import QwenImageEditEditor
 
     # the real loading path: QwenImageEditPipeline.from_pretrained, which names the folder it cannot find
     with pytest.raises((OSError, ValueError), match="no-such-model"):
@@ -220,8 +223,10 @@ def test_qwen_image_edit_editor_keeps_sizes_seeds_and_regions(tmp_path):
     assert np.abs(np.asarray(out[0], np.int16) - np.asarray(out[2], np.int16)).mean() > 0.5
 
     class QwenImageEditTransform(Unsafe2Safe):
-        def diffusion_editor(self, rank):
-            return qwen
+        def build_component(self, name, rank=None):
+            if name == "diffusion":
+                return DiffusionEdit(qwen, self.config.diffusion, self.config.editor)
+            return super().build_component(name, rank)
 
     anonymize = QwenImageEditTransform.from_preset("lite", diffusion={"name": "qwen-image-edit", "model": "in-memory", "steps": 2, "max_side": 64})
     face = encode(data.astronaut()[::4, ::4], "PNG")

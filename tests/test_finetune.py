@@ -16,7 +16,9 @@ from conftest import encode, image_dataset  # noqa: E402
 from tiny_models import build_tiny_instruct_pix2pix  # noqa: E402
 
 from hf_unsafe2safe import columns as C  # noqa: E402
-from hf_unsafe2safe.training.finetune import FinetuneConfig, finetune_editor, training_rows  # noqa: E402
+from hf_unsafe2safe.training.common import FinetuneConfig  # noqa: E402
+from hf_unsafe2safe.training.finetune import finetune_editor  # noqa: E402
+from hf_unsafe2safe.training.pairs import training_rows  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def _config(base, **kw):
 
 def test_fine_tuning_lowers_the_held_out_loss_and_the_result_edits(pairs, base, tmp_path):
     from hf_unsafe2safe.config import DiffusionEditorConfig
-    from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor
+    from hf_unsafe2safe.editing.instruct_pix2pix import InstructPix2PixEditor
 
     out = tmp_path / "tuned"
     result = finetune_editor(pairs, str(out), _config(base, dual_prompt=True), progress=False)
@@ -176,7 +178,7 @@ def test_safe_attention_fine_tuning_reloads_and_edits_through_the_cli(pairs, bas
     from hf_unsafe2safe.cli import main
     from hf_unsafe2safe.config import DiffusionEditorConfig
     from hf_unsafe2safe.editing import safe_attention as sa
-    from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor
+    from hf_unsafe2safe.editing.instruct_pix2pix import InstructPix2PixEditor
 
     run, out = tmp_path / "run", tmp_path / "safe"
     pairs.save_to_disk(str(run))
@@ -259,7 +261,7 @@ def test_ema_weights_are_what_is_saved(pairs, base, tmp_path):
 def test_cosine_schedule_follows_diffusers_and_steps_once_per_optimizer_step(pairs, base, tmp_path):
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
-    from hf_unsafe2safe.training.finetune import lr_factor
+    from hf_unsafe2safe.training.common import lr_factor
 
     def diffusers_lrs(lr, warmup, steps):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
@@ -318,7 +320,7 @@ def test_lora_adapter_saved_loaded_and_changes_the_edit(pairs, base, tmp_path):
 
     from hf_unsafe2safe.cli import use_with_command
     from hf_unsafe2safe.config import DiffusionEditorConfig
-    from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor
+    from hf_unsafe2safe.editing.instruct_pix2pix import InstructPix2PixEditor
 
     out = tmp_path / "lora"
     config = _config(base, lora_rank=4, lora_alpha=8, steps=3, batch_size=2, held_out=1, samples=1, sample_steps=2, learning_rate=1e-2)

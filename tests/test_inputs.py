@@ -31,6 +31,7 @@ from hf_unsafe2safe import Unsafe2Safe
 from hf_unsafe2safe import columns as C
 from hf_unsafe2safe.inspection.base import box_iou
 from hf_unsafe2safe.editing.lite import FALLBACK_CELLS, RegionEditor
+from hf_unsafe2safe.editing.stage import RegionEdit, WholeImageFallback
 
 
 @pytest.fixture(scope="module")
@@ -378,13 +379,16 @@ class _FailingEditor(RegionEditor):
 
 
 class _FaultyPipeline(Unsafe2Safe):
-    """The lite pipeline with a failing editor plugged in through the public build_stages hook."""
+    """The lite pipeline with a failing editor plugged in through the public build_component hook."""
 
     fail_fallback = False
 
-    def build_stages(self):
-        inspector, _ = super().build_stages()
-        return inspector, _FailingEditor(self.config.editor, self.fail_fallback)
+    def build_component(self, name, rank=None):
+        if name == "region_editor":
+            return RegionEdit(_FailingEditor(self.config.editor, self.fail_fallback))
+        if name == "fallback":
+            return WholeImageFallback(_FailingEditor(self.config.editor, self.fail_fallback))
+        return super().build_component(name, rank)
 
 
 def test_flagged_image_whose_edit_fails_gets_the_whole_image_fallback():

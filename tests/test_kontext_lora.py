@@ -15,7 +15,7 @@ from conftest import encode  # noqa: E402
 from tiny_models import build_tiny_clip, build_tiny_kontext  # noqa: E402
 
 from hf_unsafe2safe import columns as C  # noqa: E402
-from hf_unsafe2safe.training.finetune import LORA_WEIGHTS, RECORD, FinetuneConfig  # noqa: E402
+from hf_unsafe2safe.training.common import LORA_WEIGHTS, RECORD, FinetuneConfig  # noqa: E402
 from hf_unsafe2safe.training.kontext_lora import finetune_kontext  # noqa: E402
 
 SIDE = 32
@@ -136,7 +136,7 @@ def test_the_adapter_is_saved_recorded_and_loaded_by_the_kontext_editor(trained,
     from safetensors.torch import load_file
 
     from hf_unsafe2safe.config import DiffusionEditorConfig
-    from hf_unsafe2safe.editing.diffusion import KontextEditor
+    from hf_unsafe2safe.editing.kontext import KontextEditor
 
     data, out, result = trained
     assert result.rows == 4 and result.held_out == 2 and len(result.losses) == 8 and all(np.isfinite(result.losses))
@@ -186,7 +186,7 @@ def test_the_adapter_is_saved_recorded_and_loaded_by_the_kontext_editor(trained,
 
 
 def test_the_triplet_filter_chooses_the_pairs(base, tmp_path):
-    from hf_unsafe2safe.training.finetune import training_rows
+    from hf_unsafe2safe.training.pairs import training_rows
     from hf_unsafe2safe.training.triplet_filter import filter_pairs
 
     clip = build_tiny_clip(str(tmp_path / "clip"))

@@ -19,7 +19,8 @@ from test_vlm import CATEGORIES, _lite_inspection  # noqa: E402
 from tiny_models import build_tiny_vlm  # noqa: E402
 
 from hf_unsafe2safe import columns as C  # noqa: E402
-from hf_unsafe2safe.inspection.vlm import ChatGenerator, Generated, ModelStage1, VLMInspector  # noqa: E402
+from hf_unsafe2safe.inspection.stage import InspectionBatch, run_inspection  # noqa: E402
+from hf_unsafe2safe.inspection.vlm import ChatGenerator, Generated, VLMInspection, VLMInspector  # noqa: E402
 from hf_unsafe2safe.taxonomy import load_taxonomy  # noqa: E402
 
 ORDER = load_taxonomy().ids
@@ -78,8 +79,8 @@ def test_flag_pass_for_every_image_and_caption_pass_for_the_flagged_only():
     assert [ins.flagged for _, ins in rows] == [False, False, False, True]  # the detectors found the astronaut's face
     # yes / no / unclear (fail closed) / no, but the detectors flagged it: it is edited, so it is captioned too
     gen = WordBudgetGenerator(["YES", "No.", "I cannot tell", "no"], [caption(), caption(), caption()])
-    stage = ModelStage1(_two_pass(gen), None, ORDER)
-    stage.apply([src.image for src, _ in rows], [ins for _, ins in rows])
+    stage = [VLMInspection(_two_pass(gen), ORDER)]
+    run_inspection(stage, InspectionBatch([src for src, _ in rows], [ins for _, ins in rows]))
     # one batched flag call over all rows, one batched caption call over the three flagged rows
     assert [(kind, n, budget) for kind, n, budget, _ in gen.calls] == [("flag", 4, 4), ("json", 3, 400)]
     (_, yes), (_, no), (_, unclear), (_, lite) = rows
@@ -122,8 +123,8 @@ def test_a_crowded_scene_beyond_the_retry_fails_closed_and_says_it_was_truncated
     crowd = caption(n_regions=60)
     gen = WordBudgetGenerator(["yes"], [crowd, crowd])
     src, ins = _plain(90)
-    stage = ModelStage1(_two_pass(gen, max_new_tokens=100, retry_max_new_tokens=300), None, ORDER)
-    stage.apply([src.image], [ins])
+    stage = [VLMInspection(_two_pass(gen, max_new_tokens=100, retry_max_new_tokens=300), ORDER)]
+    run_inspection(stage, InspectionBatch([src], [ins]))
     # no repair turn for a cut-off answer (it would be cut off again), no boxes guessed from half a list
     assert [(kind, budget) for kind, _, budget, _ in gen.calls] == [("flag", 4), ("json", 100), ("json", 300)]
     assert ins.flagged and ins.regions == []
@@ -154,12 +155,14 @@ def test_a_truncated_answer_in_the_transform_is_a_fallback_row_with_the_reason()
     crowd = caption(n_regions=60)
 
     class Scripted(Unsafe2Safe):
-        def build_model_stage(self, rank=None):
+        def build_component(self, name, rank=None):
+            if name != "vlm":
+                return super().build_component(name, rank)
             v = self.config.vlm
             gen = WordBudgetGenerator(["yes", "no"], [crowd, crowd])
             inspector = VLMInspector(gen, v.category_list(), v.box_format, 1024, 28, v.max_new_tokens, v.batch_size, v.repair,
                                      passes=v.passes, flag_max_new_tokens=v.flag_max_new_tokens, retry_max_new_tokens=v.retry_max_new_tokens)
-            return ModelStage1(inspector, None, ORDER)
+            return VLMInspection(inspector, ORDER)
 
     anonymize = Scripted.from_preset("lite", vlm={"model": "scripted", "passes": 2, "max_new_tokens": 100, "retry_max_new_tokens": 300})
     # textured pixels (a uniform image is its own pixelation)
@@ -232,11 +235,13 @@ def test_a_classlabel_column_conditions_the_prompts_through_the_transform():
     made = []
 
     class Scripted(Unsafe2Safe):
-        def build_model_stage(self, rank=None):
+        def build_component(self, name, rank=None):
+            if name != "vlm":
+                return super().build_component(name, rank)
             v = self.config.vlm
             made.append(WordBudgetGenerator(["no", "no", "no"]))
             inspector = VLMInspector(made[-1], v.category_list(), v.box_format, 1024, 28, v.max_new_tokens, v.batch_size, passes=v.passes)
-            return ModelStage1(inspector, None, ORDER)
+            return VLMInspection(inspector, ORDER)
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["golden_retriever", "tabby_cat"])})
     blobs = [encode(np.full((40, 60, 3), v, np.uint8), "PNG") for v in (10, 20, 30)]

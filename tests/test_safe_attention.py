@@ -14,7 +14,7 @@ from tiny_models import build_tiny_instruct_pix2pix  # noqa: E402
 
 from hf_unsafe2safe.config import DiffusionEditorConfig  # noqa: E402
 from hf_unsafe2safe.editing import safe_attention as sa  # noqa: E402
-from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor  # noqa: E402
+from hf_unsafe2safe.editing.instruct_pix2pix import InstructPix2PixEditor  # noqa: E402
 
 
 def _pipeline(path):
@@ -207,7 +207,7 @@ HUB_CLIENT = """
 import json, sys
 from huggingface_hub import HfApi
 from hf_unsafe2safe.config import DiffusionEditorConfig
-from hf_unsafe2safe.editing.diffusion import InstructPix2PixEditor
+from hf_unsafe2safe.editing.instruct_pix2pix import InstructPix2PixEditor
 
 api = HfApi()
 found = {}

@@ -109,12 +109,12 @@ def test_missing_image_column_is_a_clear_error(photos):
 
 def test_pickles_to_its_config_without_models(lite, photos):
     lite({"image": [{"bytes": photos[0], "path": None}]})  # loads the models
-    assert lite._runtime is not None
+    assert lite._stages is not None
     blob = pickle.dumps(lite)
     assert len(blob) < 10_000  # config only: no ONNX sessions
     restored = pickle.loads(blob)
     assert restored.config == lite.config
-    assert restored._runtime is None
+    assert restored._stages is None
 
 
 def test_fingerprint_state_is_config_version_and_prompt_hashes(lite):
@@ -245,7 +245,7 @@ def test_model_presets_pin_every_default_checkpoint_and_overrides_drop_the_pin()
         config = PipelineConfig.from_preset(name)
         for section in (config.vlm, config.instructor, config.grounding, config.diffusion):
             assert section.revision == REVISIONS[section.model], (name, section.model)
-    from hf_unsafe2safe.editing.diffusion import EDITOR_DEFAULTS
+    from hf_unsafe2safe.config import EDITOR_DEFAULTS
 
     for editor in ("instruct-pix2pix", "inpaint", "flowedit", "kontext", "qwen-image-edit"):
         d = PipelineConfig.from_preset("fast", diffusion={"name": editor}).diffusion

@@ -17,7 +17,7 @@ from hf_unsafe2safe import Unsafe2Safe  # noqa: E402
 from hf_unsafe2safe import columns as C  # noqa: E402
 from hf_unsafe2safe.editing.compositing import composite  # noqa: E402
 from hf_unsafe2safe.inspection.base import Region  # noqa: E402
-from hf_unsafe2safe.inspection.vlm import EditInstructionWriter, ModelStage1, VLMInspector  # noqa: E402
+from hf_unsafe2safe.inspection.vlm import EditInstructionWriter, InstructionWriting, VLMInspection, VLMInspector  # noqa: E402
 from hf_unsafe2safe.taxonomy import load_taxonomy  # noqa: E402
 from hf_unsafe2safe.transform import row_seed  # noqa: E402
 from hf_unsafe2safe.utils.images import decode  # noqa: E402
@@ -33,12 +33,16 @@ ANSWER = {
 
 
 class _ScriptedStage1(Unsafe2Safe):
-    """The model half of Stage 1 answering from a script (plugged in through the build_model_stage hook)."""
+    """The model half of Stage 1 answering from a script (plugged in through the build_component hook)."""
 
-    def build_model_stage(self, rank=None):
-        vlm = ScriptedGenerator([json.dumps(ANSWER)])
-        llm = ScriptedGenerator([f"Instruction: {INSTRUCTION}", "An astronaut with short grey hair in an orange suit."])
-        return ModelStage1(VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 512, batch_size=8), EditInstructionWriter(llm, 64, batch_size=8), load_taxonomy().ids)
+    def build_component(self, name, rank=None):
+        if name == "vlm":
+            vlm = ScriptedGenerator([json.dumps(ANSWER)])
+            return VLMInspection(VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 512, batch_size=8), load_taxonomy().ids)
+        if name == "instructor":
+            llm = ScriptedGenerator([f"Instruction: {INSTRUCTION}", "An astronaut with short grey hair in an orange suit."])
+            return InstructionWriting(EditInstructionWriter(llm, 64, batch_size=8))
+        return super().build_component(name, rank)
 
 
 def test_the_instruction_of_stage_1_drives_the_diffusion_edit_inside_its_regions(tmp_path):
@@ -60,7 +64,7 @@ def test_the_instruction_of_stage_1_drives_the_diffusion_edit_inside_its_regions
 
     # the same edit by hand: the editor run with the row's instruction and seed, composited in the row's regions
     source = decode(photo, 10**8)
-    editor = anonymize._diffusion
+    editor = anonymize.component("diffusion").editor
     edited = editor.edit([source.image], [INSTRUCTION], [row_seed(anonymize.config.seed, source.sha256)])[0]
     e = anonymize.config.editor
     regions = [Region(r["label"], r["category"], tuple(r["box"]), r["score"], r["source"]) for r in out[C.PRIVACY_REGIONS][0]]

@@ -115,7 +115,7 @@ def _images():
 def test_vllm_inspector_answers_equal_the_transformers_backend(both):
     from hf_unsafe2safe.inspection.vlm import VLLMChatGenerator
 
-    ref, fast = (both[b].model_stage(0).inspector for b in ("transformers", "vllm"))
+    ref, fast = (both[b].component("vlm", 0).inspector for b in ("transformers", "vllm"))
     assert isinstance(fast.generator, VLLMChatGenerator)
     a, b = ref.inspect(_images()), fast.inspect(_images())
     assert [x.text for x in b] == [x.text for x in a]  # the first answers and the repair turns alike
@@ -126,7 +126,7 @@ def test_vllm_inspector_answers_equal_the_transformers_backend(both):
 
 @needs_vllm
 def test_vllm_instruction_writer_equals_the_transformers_backend(both):
-    ref, fast = (both[b].model_stage(0).writer for b in ("transformers", "vllm"))
+    ref, fast = (both[b].component("instructor", 0).writer for b in ("transformers", "vllm"))
     captions = ["a person at a desk", "a street with a parked car and a shop sign", "two people on a beach"]
     cats = [["people"], ["text_symbols", "vehicles"], []]
     assert fast.write(captions, cats) == ref.write(captions, cats)

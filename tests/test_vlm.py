@@ -135,7 +135,8 @@ def test_model_stage_merges_vlm_answers_with_the_detectors():
     from conftest import encode
     from skimage import data
 
-    from hf_unsafe2safe.inspection.vlm import ModelStage1
+    from hf_unsafe2safe.inspection.stage import InspectionBatch, run_inspection
+    from hf_unsafe2safe.inspection.vlm import InstructionWriting, VLMInspection
 
     (face_src, face_ins), (plain_src, plain_ins), (bad_src, bad_ins) = (
         _lite_inspection(encode(data.astronaut())),
@@ -156,14 +157,14 @@ def test_model_stage_merges_vlm_answers_with_the_detectors():
     plain_answer = {"private": False, "categories": [], "review": [], "private_caption": "A grey surface.", "public_caption": "A grey surface.", "regions": []}
     vlm = ScriptedGenerator([json.dumps(face_answer), json.dumps(plain_answer), "Sorry, I can't.", "still no JSON"])
     llm = ScriptedGenerator(["Instruction: give the astronaut short grey hair, darker skin and a neutral expression", "An astronaut with short grey hair."])
-    stage = ModelStage1(
-        VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 64, batch_size=8),
-        EditInstructionWriter(llm, 64, batch_size=8),
-        load_taxonomy().ids,
-    )
-    stage.apply([face_src.image, plain_src.image, bad_src.image], [face_ins, plain_ins, bad_ins])
+    stage = [
+        VLMInspection(VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 64, batch_size=8), load_taxonomy().ids),
+        InstructionWriting(EditInstructionWriter(llm, 64, batch_size=8)),
+    ]
+    run_inspection(stage, InspectionBatch([face_src, plain_src, bad_src], [face_ins, plain_ins, bad_ins]))
     assert vlm.calls == [3, 1]  # one batched pass, then one repair turn for the unusable answer only
-    assert face_ins.flagged and face_ins.categories[:2] == ["people", "professional"]
+    # the VLM's categories, and text_symbols from the lite detectors (the astronaut's name tag)
+    assert face_ins.flagged and face_ins.categories == ["people", "text_symbols", "professional"]
     faces = [r for r in face_ins.regions if r.category == "people"]
     # the VLM's face box and RetinaFace's overlap: merged into one box enclosing both, both sources named
     assert len(faces) == 1 and set(faces[0].source.split("+")) == {"vlm", "retinaface-mnet025"}
@@ -196,9 +197,9 @@ def test_transform_with_real_tiny_models_fails_closed_on_garbage(vlm_path, lm_pa
     assert out["image"][1]["bytes"] != plain
     assert "unusable VLM answer" in out[C.ANONYMIZATION][1]["error"] and "raw answer" in out[C.ANONYMIZATION][1]["error"]
     # loaded once per process, reused by the next batch
-    stage = anonymize._model_stage
+    stages = anonymize._stages
     anonymize(batch, rank=0)
-    assert anonymize._model_stage is stage
+    assert anonymize._stages is stages
 
 
 def test_merge_regions_never_uncovers_a_marked_pixel():
@@ -242,8 +243,9 @@ def test_grounder_boxes_are_in_image_pixels_and_batch_independent(owl_path):
 def test_grounding_adds_boxes_to_flagged_rows_only(owl_path):
     from conftest import encode
 
-    from hf_unsafe2safe.inspection.grounding import RegionGrounder, grounding_queries
-    from hf_unsafe2safe.inspection.vlm import ModelStage1
+    from hf_unsafe2safe.inspection.grounding import Grounding, RegionGrounder, grounding_queries
+    from hf_unsafe2safe.inspection.stage import InspectionBatch, run_inspection
+    from hf_unsafe2safe.inspection.vlm import VLMInspection
 
     (a_src, a_ins), (b_src, b_ins) = (
         _lite_inspection(encode(np.random.RandomState(1).randint(0, 255, (80, 120, 3), np.uint8))),
@@ -256,8 +258,8 @@ def test_grounding_adds_boxes_to_flagged_rows_only(owl_path):
     private = {"private": True, "categories": found[:1], "review": [], "private_caption": "A man at a desk.", "public_caption": "A person at a desk.", "regions": []}
     public = {"private": False, "categories": [], "review": [], "private_caption": "A grey wall.", "public_caption": "A grey wall.", "regions": []}
     vlm = ScriptedGenerator([json.dumps(private), json.dumps(public)])
-    stage = ModelStage1(VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids, grounder)
-    stage.apply([a_src.image, b_src.image], [a_ins, b_ins])
+    stage = [VLMInspection(VLMInspector(vlm, CATEGORIES, "relative1000", 1024, 28, 64, 8), load_taxonomy().ids), Grounding(grounder)]
+    run_inspection(stage, InspectionBatch([a_src, b_src], [a_ins, b_ins]))
     assert a_ins.flagged and any(r.source.endswith("owl") or "owl" in r.source.split("+") for r in a_ins.regions)
     assert a_ins.error is None  # located: region edits, not the whole-image fallback
     assert not b_ins.flagged and b_ins.regions == []  # grounding never flags on its own
@@ -265,21 +267,22 @@ def test_grounding_adds_boxes_to_flagged_rows_only(owl_path):
     # a flagged category the grounder did not locate: the whole image is edited
     (c_src, c_ins) = _lite_inspection(encode(np.random.RandomState(1).randint(0, 255, (80, 120, 3), np.uint8)))
     missed = dict(private, categories=[*found[:1], unfound])
-    stage = ModelStage1(VLMInspector(ScriptedGenerator([json.dumps(missed)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids, grounder)
-    stage.apply([c_src.image], [c_ins])
+    stage = [VLMInspection(VLMInspector(ScriptedGenerator([json.dumps(missed)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), load_taxonomy().ids), Grounding(grounder)]
+    run_inspection(stage, InspectionBatch([c_src], [c_ins]))
     assert c_ins.error == f"flagged {unfound} without a located region: the whole image is edited"
 
 
 def test_private_without_any_region_gets_the_whole_image_fallback():
     from conftest import encode
 
-    from hf_unsafe2safe.inspection.vlm import ModelStage1
+    from hf_unsafe2safe.inspection.stage import InspectionBatch, run_inspection
+    from hf_unsafe2safe.inspection.vlm import VLMInspection
 
     src, ins = _lite_inspection(encode(np.full((64, 96, 3), 120, np.uint8)))
     private = {"private": True, "categories": ["location_time"], "review": [{"item": "a bedroom", "reason": "a private home"}],
                "private_caption": "A bedroom.", "public_caption": "A room.", "regions": []}
-    stage = ModelStage1(VLMInspector(ScriptedGenerator([json.dumps(private)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids)
-    stage.apply([src.image], [ins])
+    stage = [VLMInspection(VLMInspector(ScriptedGenerator([json.dumps(private)]), CATEGORIES, "relative1000", 1024, 28, 64, 8), load_taxonomy().ids)]
+    run_inspection(stage, InspectionBatch([src], [ins]))
     assert ins.flagged and "flagged location_time without a located region" in ins.error
 
 
@@ -333,11 +336,13 @@ def test_out_of_memory_splits_the_generation_batch(vlm_path, vlm):
 def _scripted_transform(answers):
     """The real transform whose Stage 1 VLM answers from a script (the coverage rule is under test, not a model)."""
     from hf_unsafe2safe import Unsafe2Safe
-    from hf_unsafe2safe.inspection.vlm import ModelStage1
+    from hf_unsafe2safe.inspection.vlm import VLMInspection
 
     class Scripted(Unsafe2Safe):
-        def build_model_stage(self, rank=None):
-            return ModelStage1(VLMInspector(ScriptedGenerator(answers), CATEGORIES, "relative1000", 1024, 28, 64, 8), None, load_taxonomy().ids)
+        def build_component(self, name, rank=None):
+            if name != "vlm":
+                return super().build_component(name, rank)
+            return VLMInspection(VLMInspector(ScriptedGenerator(answers), CATEGORIES, "relative1000", 1024, 28, 64, 8), load_taxonomy().ids)
 
     return Scripted.from_preset("lite", vlm={"model": "scripted", "repair": False})
 

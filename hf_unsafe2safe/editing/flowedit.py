@@ -20,10 +20,13 @@ noise in every dtype.
 
 from __future__ import annotations
 
-from .diffusion import InstructPix2PixEditor
+from .base import DiffusionEditor
 
 
-class FlowEditEditor(InstructPix2PixEditor):
+class FlowEditEditor(DiffusionEditor):
+    """``diffusion.name=flowedit``: FlowEdit on ``StableDiffusion3Pipeline``'s components; text = the target caption,
+    contrasted with a caption of the source (``uses_source_prompt``)."""
+
     name = "flowedit"
     uses_source_prompt = True
 

@@ -1,16 +1,34 @@
-"""Stage 2's diffusion editors by name: ``build_editor`` loads the one a ``DiffusionEditorConfig`` names."""
+"""Stage 2's diffusion editors by name: ``build_editor`` loads the one a ``DiffusionEditorConfig`` names.
+
+Each name maps to the module and class of its editor; only the chosen editor's module is imported. Adding an
+editor is one new module (a ``DiffusionEditor`` subclass) plus one line here, and its name, default checkpoint and
+recommended steps / guidance in ``config.py`` (``EDITORS``, ``DEFAULT_EDITOR_MODELS``, ``EDITOR_DEFAULTS``).
+"""
 
 from __future__ import annotations
 
+import importlib
+
+from ..config import EDITORS
+
+# diffusion.name -> (module of hf_unsafe2safe.editing, class)
+EDITOR_CLASSES = {
+    "instruct-pix2pix": ("instruct_pix2pix", "InstructPix2PixEditor"),
+    "inpaint": ("inpaint", "InpaintEditor"),
+    "flowedit": ("flowedit", "FlowEditEditor"),
+    "kontext": ("kontext", "KontextEditor"),
+    "qwen-image-edit": ("qwen_image_edit", "QwenImageEditEditor"),
+}
+
+
+def editor_class(name: str) -> type:
+    """The ``DiffusionEditor`` subclass of ``name``, importing its module (and no other editor's)."""
+    if name not in EDITOR_CLASSES:
+        raise ValueError(f"Got {name!r} for `diffusion.name`; expected one of {EDITORS}")
+    module, cls = EDITOR_CLASSES[name]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+
 
 def build_editor(config, device: str):
-    from .diffusion import EDITORS, InpaintEditor, InstructPix2PixEditor, KontextEditor, QwenImageEditEditor
-    from .flowedit import FlowEditEditor
-
-    editors = {
-        "instruct-pix2pix": InstructPix2PixEditor, "inpaint": InpaintEditor, "flowedit": FlowEditEditor, "kontext": KontextEditor,
-        "qwen-image-edit": QwenImageEditEditor,
-    }
-    if config.name not in editors:
-        raise ValueError(f"Got {config.name!r} for `diffusion.name`; expected one of {EDITORS}")
-    return editors[config.name](config, device)
+    """The editor ``config.name`` names, its pipeline loaded on ``device``."""
+    return editor_class(config.name)(config, device)

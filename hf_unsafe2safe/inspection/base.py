@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..columns import CAPTION_NONE
+
 
 @dataclass
 class Region:
@@ -51,6 +53,22 @@ class Inspection:
     metadata_categories: list[str] = field(default_factory=list)
     # what the stages dropped, clipped or fixed on the way (e.g. a VLM box of zero width), for the row's audit
     notes: list[str] = field(default_factory=list)
+
+    def add(self, other: "Inspection") -> None:
+        """Add another component's findings about the same image: flagged if either is; categories, regions, review,
+        notes and metadata categories joined (these first); ``other``'s captions and instruction where it wrote any
+        (``caption_source`` not ``none``); the first error kept."""
+        self.flagged = self.flagged or other.flagged
+        self.categories = list(dict.fromkeys(self.categories + other.categories))
+        self.regions = self.regions + other.regions
+        self.review = self.review + other.review
+        self.notes = self.notes + other.notes
+        self.metadata_categories = sorted(set(self.metadata_categories) | set(other.metadata_categories))
+        if other.caption_source != CAPTION_NONE:
+            self.private_caption, self.public_caption = other.private_caption, other.public_caption
+            self.edit_instruction, self.target_caption = other.edit_instruction, other.target_caption
+            self.caption_source = other.caption_source
+        self.error = self.error or other.error
 
     def uncovered(self) -> list[str]:
         """Flagged categories that no region and no metadata removal takes care of: such a row cannot be edited

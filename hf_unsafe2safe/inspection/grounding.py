@@ -1,4 +1,4 @@
-"""Grounding: an open-vocabulary detector (OWLv2 / OWL-ViT from ``transformers``) locates the taxonomy's
+"""Grounding (the ``grounder`` component of Stage 1, after the VLM): an open-vocabulary detector (OWLv2 / OWL-ViT from ``transformers``) locates the taxonomy's
 objects in flagged images, so that Stage 2 can rewrite regions the VLM named but did not box well.
 
 It only locates: its boxes are added to rows already flagged by the VLM or the detectors, never flag a row
@@ -19,6 +19,7 @@ import math
 
 from ..prompts import load_json
 from .base import Region
+from .stage import InspectionComponent
 
 FAMILIES = ("owlv2", "owlvit")
 
@@ -113,3 +114,30 @@ class RegionGrounder:
                         regions.append(Region(phrase, category, (x0, y0, x1, y1), float(score), self.source))
                 found.append(regions)
         return found
+
+
+class Grounding(InspectionComponent):
+    """The ``grounder`` component: ``RegionGrounder``'s boxes merged into the regions of the rows already flagged
+    without an error (it never flags a row itself)."""
+
+    name = "grounder"
+
+    def __init__(self, grounder: RegionGrounder):
+        self.grounder = grounder
+
+    @classmethod
+    def from_config(cls, config, rank: int | None = None) -> "Grounding | None":
+        g, v = config.grounding, config.vlm
+        if g is None or v is None:
+            return None
+        from .vlm import pick_device
+
+        queries = grounding_queries([cid for cid, _ in v.category_list()])
+        return cls(RegionGrounder(g.model, g.revision, g.dtype, pick_device(rank), queries, g.threshold, g.batch_size))
+
+    def __call__(self, batch) -> None:
+        from .vlm import merge_regions
+
+        rows = [i for i, ins in enumerate(batch.inspections) if ins.flagged and ins.error is None]
+        for i, extra in zip(rows, self.grounder.detect([batch.sources[i].image for i in rows])):
+            batch.inspections[i].regions = merge_regions(batch.inspections[i].regions + extra)

