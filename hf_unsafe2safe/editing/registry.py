@@ -7,9 +7,7 @@ recommended steps / guidance in ``config.py`` (``EDITORS``, ``DEFAULT_EDITOR_MOD
 
 from __future__ import annotations
 
-import importlib
-
-from ..config import EDITORS
+from ..utils.registry import lookup
 
 # diffusion.name -> (module of hf_unsafe2safe.editing, class)
 EDITOR_CLASSES = {
@@ -23,10 +21,7 @@ EDITOR_CLASSES = {
 
 def editor_class(name: str) -> type:
     """The ``DiffusionEditor`` subclass of ``name``, importing its module (and no other editor's)."""
-    if name not in EDITOR_CLASSES:
-        raise ValueError(f"Got {name!r} for `diffusion.name`; expected one of {EDITORS}")
-    module, cls = EDITOR_CLASSES[name]
-    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return lookup(EDITOR_CLASSES, name, __package__, "`diffusion.name`")
 
 
 def build_editor(config, device: str):

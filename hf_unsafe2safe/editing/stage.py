@@ -30,12 +30,13 @@ One fail-closed rule for the flagged rows (``run_edits``): a flagged image never
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
 
 from .. import columns as C
 from ..utils.images import describe_error, encode, from_edit_array, pass_through, to_edit_array
+
+from ..utils.registry import lookup
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,7 @@ STAGE2 = {
 
 def component_class(name: str) -> type:
     """The Stage 2 component class registered as ``name``, importing its module."""
-    if name not in STAGE2:
-        raise ValueError(f"Got {name!r} for a Stage 2 component; expected one of {list(STAGE2)}")
-    module, cls = STAGE2[name]
-    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return lookup(STAGE2, name, __package__, "a Stage 2 component")
 
 
 @dataclass

@@ -25,7 +25,6 @@ One fail-closed rule for the whole stage (``run_inspection``):
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,6 +32,8 @@ from typing import Callable
 from .. import columns as C
 from ..utils.images import describe_error
 from .base import Inspection
+
+from ..utils.registry import lookup
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,7 @@ STAGE1 = {
 
 def component_class(name: str) -> type:
     """The Stage 1 component class registered as ``name``, importing its module (and no other)."""
-    if name not in STAGE1:
-        raise ValueError(f"Got {name!r} for a Stage 1 component; expected one of {list(STAGE1)}")
-    module, cls = STAGE1[name]
-    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return lookup(STAGE1, name, __package__, "a Stage 1 component")
 
 
 def _serial(fn, items) -> list:

@@ -172,3 +172,13 @@ def plot_losses(losses: list[float], before: float | None, after: float | None, 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def held_out_after(ema, trainable: list, held_out_loss) -> tuple:
+    """(held-out loss of what is saved, of the raw weights or None): with an EMA the saved weights are the average,
+    so the raw weights are measured first and the average is then copied into them."""
+    after_raw = None
+    if ema is not None:
+        after_raw = held_out_loss()
+        ema.copy_to(trainable)
+    return held_out_loss(), after_raw

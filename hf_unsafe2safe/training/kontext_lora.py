@@ -50,7 +50,7 @@ from dataclasses import asdict
 
 from .. import columns as C
 from ..config import DEFAULT_EDITOR_MODELS, EDITOR_DEFAULTS, REVISIONS, DiffusionEditorConfig
-from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, lr_factor, optimizer_class, plot_losses, split_pairs
+from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, held_out_after, lr_factor, optimizer_class, plot_losses, split_pairs
 from .pairs import TrainingPairs, open_image
 
 # the attention projections of FLUX's double-stream blocks (image: to_*, text: add_*) and single-stream blocks
@@ -242,11 +242,7 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
         if len(losses) % cfg.log_every == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")
     bar.close()
-    after_raw = None
-    if ema is not None:  # what is saved (and measured) is the average
-        after_raw = held_out_loss()
-        ema.copy_to(trainable)
-    after = held_out_loss()
+    after, after_raw = held_out_after(ema, trainable, held_out_loss)
 
     # 4. the adapter, the record, the plots
     accelerator.wait_for_everyone()
