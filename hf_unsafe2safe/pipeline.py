@@ -177,19 +177,22 @@ def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: 
             tmp = f"{chunks[c]}.tmp-{rank}"
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
-            save_dataset(result, tmp)
-            os.replace(tmp, chunks[c])
+            _keep_chunk(result, tmp)
             del result
+            os.replace(tmp, chunks[c])
             shutil.rmtree(cache, ignore_errors=True)
     if state is not None:
         state.wait_for_everyone()
     if rank != 0:
         state.wait_for_everyone()  # until rank 0 has joined the chunks
         return None
+    # the models are done: writing the joined output (up to a 100 MB row group of images at a time in `datasets`'
+    # writer) must not come on top of the detectors' memory
+    anonymize.release()
     joined = {}
     for name, part, chunks in plan:
         if chunks:
-            joined[name] = datasets.concatenate_datasets([datasets.load_from_disk(c) for c in chunks])
+            joined[name] = datasets.concatenate_datasets([_load_chunk(c) for c in chunks])
         else:  # an empty split: the output schema, no rows
             joined[name] = anonymize_dataset(part, anonymize, batch_size)
     result = datasets.DatasetDict(joined) if isinstance(dataset, datasets.DatasetDict) else joined[None]
@@ -224,6 +227,35 @@ def write_manifest(output_dir: str, source: str, dataset, image_column: str) -> 
     with open(target, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
     return target
+
+
+def _keep_chunk(result, folder: str) -> None:
+    """A finished chunk into ``folder``: the map's own Arrow files, moved (``save_to_disk`` would read and write
+    every image again, holding up to 100 MB of them in memory at once, while the models are loaded); a result that
+    is not exactly its cache files (an empty chunk) is saved."""
+    files = [f["filename"] for f in result.cache_files]
+    if not files or result._indices is not None or sum(len(_arrow_rows(f)) for f in files) != len(result):
+        save_dataset(result, folder)
+        return
+    os.makedirs(folder)
+    for k, path in enumerate(files):
+        os.replace(path, os.path.join(folder, f"rows-{k:05d}.arrow"))
+
+
+def _arrow_rows(path: str):
+    import datasets
+
+    return datasets.Dataset.from_file(path)
+
+
+def _load_chunk(folder: str):
+    """A chunk that ``_keep_chunk`` wrote: its Arrow files in order, memory-mapped."""
+    import datasets
+
+    if os.path.exists(os.path.join(folder, "state.json")):
+        return datasets.load_from_disk(folder)
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".arrow"))
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(os.path.join(folder, f)) for f in files])
 
 
 def save_dataset(dataset, path: str) -> None:

@@ -275,6 +275,16 @@ class Unsafe2Safe:
         self.stages(rank)
         return self
 
+    def release(self) -> None:
+        """Drop this process's models and row threads (the next batch builds them again): what the command line does
+        before writing the joined output, so that the writer's buffers do not come on top of the detectors'."""
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._stages, self._pool = None, None
+        import gc
+
+        gc.collect()
+
     def _run(self, items: list[tuple], rank: int | None) -> list[RowResult]:  # items: (bytes, read error, class name)
         from .editing.stage import EditRow, run_edits
         from .inspection.stage import InspectionBatch, run_inspection
