@@ -182,3 +182,71 @@ def held_out_after(ema, trainable: list, held_out_loss) -> tuple:
         after_raw = held_out_loss()
         ema.copy_to(trainable)
     return held_out_loss(), after_raw
+
+
+@dataclass
+class TrainingRun:
+    """What ``optimise`` measured: one loss and one learning rate per optimizer step, the held-out loss before, after
+    (of what is saved: the EMA when there is one) and of the raw weights when an EMA is saved."""
+
+    losses: list
+    learning_rates: list
+    before: float | None
+    after: float | None
+    after_raw: float | None
+
+
+def optimise(cfg: FinetuneConfig, accelerator, model, optimizer, lr_schedule, ema, trainable: list, draw_batch, batch_loss, held_out_loss, *, desc: str, progress: bool) -> TrainingRun:
+    """The optimisation loop both trainers share: ``cfg.steps`` optimizer steps of ``cfg.gradient_accumulation_steps``
+    batches (``draw_batch()``, scored by ``batch_loss(batch)``), gradients clipped to ``cfg.max_grad_norm``, the
+    learning-rate schedule and the EMA stepped once per optimizer step, the step's loss averaged over the accumulation
+    and the processes; ``held_out_loss()`` before and after (see ``held_out_after``)."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    before = held_out_loss()
+    losses: list[float] = []
+    learning_rates: list[float] = []
+    bar = tqdm(total=cfg.steps, desc=desc, disable=not (progress and accelerator.is_main_process))
+    while len(losses) < cfg.steps:
+        step_losses = []
+        for _ in range(cfg.gradient_accumulation_steps):
+            batch = draw_batch()
+            with accelerator.accumulate(model):
+                loss = batch_loss(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    learning_rates.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    lr_schedule.step()
+                    if ema is not None:
+                        ema.step(trainable)
+            step_losses.append(loss.detach())
+        losses.append(float(accelerator.gather(torch.stack(step_losses).mean()[None]).mean()))
+        bar.update(1)
+        if len(losses) % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")
+    bar.close()
+    after, after_raw = held_out_after(ema, trainable, held_out_loss)
+    return TrainingRun(losses, learning_rates, before, after, after_raw)
+
+
+def prepare_optimisation(cfg: FinetuneConfig, accelerator, model, params, trainable: list, optimizer_cls):
+    """(model, optimizer, learning-rate schedule, EMA or None) for ``params`` (tensors or parameter groups): the
+    schedule is stepped by hand once per optimizer step (an Accelerate-prepared scheduler steps once per process),
+    the EMA (``cfg.ema_decay``, diffusers' ``EMAModel``) averages ``trainable``."""
+    import torch
+
+    optimizer = optimizer_cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    ema = None
+    if cfg.ema_decay:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(trainable, decay=cfg.ema_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, lr_schedule, ema

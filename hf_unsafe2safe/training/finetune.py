@@ -47,7 +47,7 @@ import os
 from dataclasses import asdict
 
 from .. import columns as C
-from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, held_out_after, lr_factor, optimizer_class, plot_losses, split_pairs
+from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, optimise, optimizer_class, plot_losses, prepare_optimisation, split_pairs
 from .pairs import TrainingPairs, open_image
 
 # the UNet's attention projections that LoRA adapts (self- and cross-attention), as diffusers' LoRA examples
@@ -71,7 +71,6 @@ def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, 
     import torch
     from accelerate import Accelerator
     from diffusers import DDPMScheduler, StableDiffusionInstructPix2PixPipeline
-    from tqdm.auto import tqdm
 
     from ..editing import safe_attention as sa
 
@@ -130,15 +129,7 @@ def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, 
     groups = [{"params": [p for p in trainable if id(p) not in fusion_ids], "lr": cfg.learning_rate}]
     if fusion_ids:
         groups.append({"params": [p for p in trainable if id(p) in fusion_ids], "lr": cfg.fusion_learning_rate or cfg.learning_rate})
-    optimizer = optimizer_cls(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    # stepped by hand once per optimizer step (an Accelerate-prepared scheduler steps once per process)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    ema = None
-    if cfg.ema_decay:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(trainable, decay=cfg.ema_decay)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
+    unet, optimizer, lr_schedule, ema = prepare_optimisation(cfg, accelerator, unet, groups, trainable, optimizer_cls)
 
     pairs = TrainingPairs(dataset, train, image_column, cfg.resolution, cfg.flip)
     held_pairs = TrainingPairs(dataset, held, image_column, cfg.resolution, flip=False)
@@ -198,34 +189,12 @@ def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, 
         return value
 
     # 3. training
-    before = held_out_loss()
-    losses: list[float] = []
-    learning_rates: list[float] = []
-    bar = tqdm(total=cfg.steps, desc="fine-tuning", disable=not (progress and accelerator.is_main_process))
-    while len(losses) < cfg.steps:
-        step_losses = []
-        for _ in range(cfg.gradient_accumulation_steps):
-            batch = [pairs.get(int(i), data_rng) for i in data_rng.integers(0, len(pairs), cfg.batch_size)]
-            with accelerator.accumulate(unet):
-                loss = loss_of(batch, generator, dropout=True)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                    learning_rates.append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                optimizer.zero_grad()
-                if accelerator.sync_gradients:
-                    lr_schedule.step()
-                    if ema is not None:
-                        ema.step(trainable)
-            step_losses.append(loss.detach())
-        mean = accelerator.gather(torch.stack(step_losses).mean()[None]).mean()
-        losses.append(float(mean))
-        bar.update(1)
-        if len(losses) % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")
-    bar.close()
-    after, after_raw = held_out_after(ema, trainable, held_out_loss)
+    run = optimise(
+        cfg, accelerator, unet, optimizer, lr_schedule, ema, trainable,
+        lambda: [pairs.get(int(i), data_rng) for i in data_rng.integers(0, len(pairs), cfg.batch_size)],
+        lambda batch: loss_of(batch, generator, dropout=True), held_out_loss, desc="fine-tuning", progress=progress,
+    )
+    losses, learning_rates, before, after, after_raw = run.losses, run.learning_rates, run.before, run.after, run.after_raw
 
     # 4. the result, the record, the plots
     accelerator.wait_for_everyone()

@@ -50,7 +50,7 @@ from dataclasses import asdict
 
 from .. import columns as C
 from ..config import DEFAULT_EDITOR_MODELS, EDITOR_DEFAULTS, REVISIONS, DiffusionEditorConfig
-from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, held_out_after, lr_factor, optimizer_class, plot_losses, split_pairs
+from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, optimise, optimizer_class, plot_losses, prepare_optimisation, split_pairs
 from .pairs import TrainingPairs, open_image
 
 # the attention projections of FLUX's double-stream blocks (image: to_*, text: add_*) and single-stream blocks
@@ -131,7 +131,6 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
     from diffusers import FluxKontextPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
-    from tqdm.auto import tqdm
 
     if config is None:  # FLUX.1 Kontext [dev] at its pinned revision, rank 16 as the paper's FLUX LoRA
         model = DEFAULT_EDITOR_MODELS["kontext"]
@@ -171,15 +170,7 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    optimizer = optimizer_cls(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    # stepped by hand once per optimizer step (an Accelerate-prepared scheduler steps once per process)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    ema = None
-    if cfg.ema_decay:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(trainable, decay=cfg.ema_decay)
-    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    transformer, optimizer, lr_schedule, ema = prepare_optimisation(cfg, accelerator, transformer, trainable, trainable, optimizer_cls)
 
     pairs = TrainingPairs(dataset, train, image_column, cfg.resolution, cfg.flip)
     held_pairs = TrainingPairs(dataset, held, image_column, cfg.resolution, flip=False)
@@ -216,33 +207,12 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
         return value
 
     # 3. training
-    before = held_out_loss()
-    losses: list[float] = []
-    learning_rates: list[float] = []
-    bar = tqdm(total=cfg.steps, desc="fine-tuning Kontext LoRA", disable=not (progress and accelerator.is_main_process))
-    while len(losses) < cfg.steps:
-        step_losses = []
-        for _ in range(cfg.gradient_accumulation_steps):
-            batch = [pairs.get(int(i), data_rng) for i in data_rng.integers(0, len(pairs), cfg.batch_size)]
-            with accelerator.accumulate(transformer):
-                loss = loss_of(encode(batch), generator)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                    learning_rates.append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                optimizer.zero_grad()
-                if accelerator.sync_gradients:
-                    lr_schedule.step()
-                    if ema is not None:
-                        ema.step(trainable)
-            step_losses.append(loss.detach())
-        losses.append(float(accelerator.gather(torch.stack(step_losses).mean()[None]).mean()))
-        bar.update(1)
-        if len(losses) % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")
-    bar.close()
-    after, after_raw = held_out_after(ema, trainable, held_out_loss)
+    run = optimise(
+        cfg, accelerator, transformer, optimizer, lr_schedule, ema, trainable,
+        lambda: [pairs.get(int(i), data_rng) for i in data_rng.integers(0, len(pairs), cfg.batch_size)],
+        lambda batch: loss_of(encode(batch), generator), held_out_loss, desc="fine-tuning Kontext LoRA", progress=progress,
+    )
+    losses, learning_rates, before, after, after_raw = run.losses, run.learning_rates, run.before, run.after, run.after_raw
 
     # 4. the adapter, the record, the plots
     accelerator.wait_for_everyone()
