@@ -230,22 +230,16 @@ def write_manifest(output_dir: str, source: str, dataset, image_column: str) -> 
 
 
 def _keep_chunk(result, folder: str) -> None:
-    """A finished chunk into ``folder``: the map's own Arrow files, moved (``save_to_disk`` would read and write
-    every image again, holding up to 100 MB of them in memory at once, while the models are loaded); a result that
-    is not exactly its cache files (an empty chunk) is saved."""
+    """A finished chunk into ``folder``: the Arrow files ``map`` wrote for it (its ``cache_files``, one per worker,
+    in row order), moved (``save_to_disk`` would read and write every image again, holding up to 100 MB of them in
+    memory at once, while the models are loaded); an empty chunk, which ``map`` does not write, is saved."""
     files = [f["filename"] for f in result.cache_files]
-    if not files or result._indices is not None or sum(len(_arrow_rows(f)) for f in files) != len(result):
+    if not files:
         save_dataset(result, folder)
         return
     os.makedirs(folder)
     for k, path in enumerate(files):
         os.replace(path, os.path.join(folder, f"rows-{k:05d}.arrow"))
-
-
-def _arrow_rows(path: str):
-    import datasets
-
-    return datasets.Dataset.from_file(path)
 
 
 def _load_chunk(folder: str):

@@ -120,16 +120,16 @@ class EditComponent:
     def from_config(cls, config, rank: int | None = None) -> "EditComponent | None":
         """This component for the pipeline config ``config`` on the device of ``datasets`` rank ``rank``, or None
         where the config leaves it out."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} does not define from_config")
 
     def wants(self, row: EditRow) -> bool:
         return not row.done
 
     def edit_row(self, row: EditRow) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define edit_row")
 
     def edit_rows(self, rows: list[EditRow]) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define edit_rows")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -337,22 +337,26 @@ class LeakCheck(EditComponent):
         row.pending += [leak.region for leak in leaks]
 
 
-class RegionEdit(EditComponent):
+class _LiteEdit(EditComponent):
+    """A component that edits with the lite editor (``lite.RegionEditor``, from ``config.editor``)."""
+
+    def __init__(self, editor):
+        self.editor = editor  # lite.RegionEditor
+
+    @classmethod
+    def from_config(cls, config, rank: int | None = None) -> "_LiteEdit":
+        from .lite import RegionEditor
+
+        return cls(RegionEditor(config.editor))
+
+
+class RegionEdit(_LiteEdit):
     """The lite region edit (pixelate / blur / fill / inpaint per category, ``lite.RegionEditor``): of the regions
     still to edit on a diffusion composite, else of every region of a row without a Stage 1 error on its source.
     It writes the row (``edited``)."""
 
     name = "region_editor"
     failure = "region edit"
-
-    def __init__(self, editor):
-        self.editor = editor  # lite.RegionEditor
-
-    @classmethod
-    def from_config(cls, config, rank: int | None = None) -> "RegionEdit":
-        from .lite import RegionEditor
-
-        return cls(RegionEditor(config.editor))
 
     def wants(self, row: EditRow) -> bool:
         return not row.done and (row.composite is not None or row.inspection.error is None)
@@ -372,21 +376,12 @@ class RegionEdit(EditComponent):
         row.write(from_edit_array(edited, mode), C.STATUS_EDITED, self.editor.name, "; ".join(row.errors) or None)
 
 
-class WholeImageFallback(EditComponent):
+class WholeImageFallback(_LiteEdit):
     """The strongest lite edit, the whole source image pixelated (``lite.RegionEditor.fallback``), for every row
     no earlier component wrote (``fallback``)."""
 
     name = "fallback"
     failure = "fallback"
-
-    def __init__(self, editor):
-        self.editor = editor  # lite.RegionEditor
-
-    @classmethod
-    def from_config(cls, config, rank: int | None = None) -> "WholeImageFallback":
-        from .lite import RegionEditor
-
-        return cls(RegionEditor(config.editor))
 
     def edit_row(self, row: EditRow) -> None:
         pixels, mode = to_edit_array(row.source.image)

@@ -101,10 +101,10 @@ class InspectionComponent:
     def from_config(cls, config, rank: int | None = None) -> "InspectionComponent | None":
         """This component for the pipeline config ``config`` on the device of ``datasets`` rank ``rank``, or None
         where the config leaves it out."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} does not define from_config")
 
     def __call__(self, batch: InspectionBatch) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define __call__")
 
     def finish(self, batch: InspectionBatch) -> None:
         """What to settle once every component has added to the batch (nothing by default)."""
@@ -120,7 +120,7 @@ class RowInspection(InspectionComponent):
     failure = "inspection"
 
     def inspect_row(self, source, inspection: Inspection) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define inspect_row")
 
 
 def close(inspection: Inspection, component: InspectionComponent, err: Exception) -> None:

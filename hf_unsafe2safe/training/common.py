@@ -250,3 +250,20 @@ def prepare_optimisation(cfg: FinetuneConfig, accelerator, model, params, traina
         ema = EMAModel(trainable, decay=cfg.ema_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer, lr_schedule, ema
+
+
+def training_record(cfg: FinetuneConfig, kind: str, train: list, held: list, run: TrainingRun, processes: int, optimizer_name: str, ema, filter_record: dict) -> dict:
+    """The part of ``unsafe2safe_finetune.json`` both trainers write: settings, pairs (with their row ids in the run's
+    dataset), every step's loss and learning rate, the held-out losses, optimizer, schedule, EMA, triplet filter."""
+    from dataclasses import asdict
+
+    return {
+        "base": cfg.base, "revision": cfg.revision, "kind": kind, "config": asdict(cfg), "rows": len(train), "held_out": len(held),
+        "row_ids": {"train": train, "held_out": held},
+        "losses": run.losses, "learning_rates": run.learning_rates, "held_out_loss_before": run.before, "held_out_loss_after": run.after,
+        "processes": processes, "optimizer": optimizer_name,
+        "schedule": {"warmup_steps": cfg.warmup_steps, "after_warmup": cfg.lr_schedule, "steps": cfg.steps},
+        "ema": {"decay": cfg.ema_decay, "updates": ema.optimization_step, "saved": True, "held_out_loss_after_raw": run.after_raw} if ema is not None else None,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "triplet_filter": filter_record,
+    }

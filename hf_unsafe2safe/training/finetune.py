@@ -44,10 +44,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 
 from .. import columns as C
-from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, optimise, optimizer_class, plot_losses, prepare_optimisation, split_pairs
+from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, optimise, optimizer_class, plot_losses, prepare_optimisation, split_pairs, training_record
 from .pairs import TrainingPairs, open_image
 
 # the UNet's attention projections that LoRA adapts (self- and cross-attention), as diffusers' LoRA examples
@@ -194,7 +193,7 @@ def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, 
         lambda: [pairs.get(int(i), data_rng) for i in data_rng.integers(0, len(pairs), cfg.batch_size)],
         lambda batch: loss_of(batch, generator, dropout=True), held_out_loss, desc="fine-tuning", progress=progress,
     )
-    losses, learning_rates, before, after, after_raw = run.losses, run.learning_rates, run.before, run.after, run.after_raw
+    losses, before, after = run.losses, run.before, run.after
 
     # 4. the result, the record, the plots
     accelerator.wait_for_everyone()
@@ -202,16 +201,7 @@ def finetune_editor(dataset, output: str, config: FinetuneConfig | None = None, 
         tuned = accelerator.unwrap_model(unet)
         out = os.path.abspath(output)
         base = os.path.abspath(cfg.base) if os.path.isdir(cfg.base) else cfg.base
-        record = {
-            "base": cfg.base, "revision": cfg.revision, "kind": kind, "config": asdict(cfg), "rows": len(train), "held_out": len(held),
-            "row_ids": {"train": train, "held_out": held},  # indices into the run's dataset
-            "losses": losses, "learning_rates": learning_rates, "held_out_loss_before": before, "held_out_loss_after": after,
-            "processes": accelerator.num_processes, "optimizer": optimizer_name,
-            "schedule": {"warmup_steps": cfg.warmup_steps, "after_warmup": cfg.lr_schedule, "steps": cfg.steps},
-            "ema": {"decay": cfg.ema_decay, "updates": ema.optimization_step, "saved": True, "held_out_loss_after_raw": after_raw} if ema is not None else None,
-            "gradient_checkpointing": cfg.gradient_checkpointing,
-            "triplet_filter": filter_record,
-        }
+        record = training_record(cfg, kind, train, held, run, accelerator.num_processes, optimizer_name, ema, filter_record)
         if kind == "lora":
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict

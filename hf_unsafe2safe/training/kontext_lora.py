@@ -46,11 +46,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
 
 from .. import columns as C
 from ..config import DEFAULT_EDITOR_MODELS, EDITOR_DEFAULTS, REVISIONS, DiffusionEditorConfig
-from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, optimise, optimizer_class, plot_losses, prepare_optimisation, split_pairs
+from .common import LORA_WEIGHTS, RECORD, FinetuneConfig, FinetuneResult, optimise, optimizer_class, plot_losses, prepare_optimisation, split_pairs, training_record
 from .pairs import TrainingPairs, open_image
 
 # the attention projections of FLUX's double-stream blocks (image: to_*, text: add_*) and single-stream blocks
@@ -212,7 +211,7 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
         lambda: [pairs.get(int(i), data_rng) for i in data_rng.integers(0, len(pairs), cfg.batch_size)],
         lambda batch: loss_of(encode(batch), generator), held_out_loss, desc="fine-tuning Kontext LoRA", progress=progress,
     )
-    losses, learning_rates, before, after, after_raw = run.losses, run.learning_rates, run.before, run.after, run.after_raw
+    losses, before, after = run.losses, run.before, run.after
 
     # 4. the adapter, the record, the plots
     accelerator.wait_for_everyone()
@@ -225,13 +224,7 @@ def finetune_kontext(dataset, output: str, config: FinetuneConfig | None = None,
         if cfg.revision:
             use_with["revision"] = cfg.revision
         record = {
-            "base": cfg.base, "revision": cfg.revision, "kind": "lora", "config": asdict(cfg), "rows": len(train), "held_out": len(held),
-            "losses": losses, "learning_rates": learning_rates, "held_out_loss_before": before, "held_out_loss_after": after,
-            "processes": accelerator.num_processes, "optimizer": optimizer_name,
-            "schedule": {"warmup_steps": cfg.warmup_steps, "after_warmup": cfg.lr_schedule, "steps": cfg.steps},
-            "ema": {"decay": cfg.ema_decay, "updates": ema.optimization_step, "saved": True, "held_out_loss_after_raw": after_raw} if ema is not None else None,
-            "gradient_checkpointing": cfg.gradient_checkpointing,
-            "triplet_filter": filter_record,
+            **training_record(cfg, "lora", train, held, run, accelerator.num_processes, optimizer_name, ema, filter_record),
             "use_with": {"diffusion": use_with},
             "adapter": {"file": LORA_WEIGHTS, "rank": cfg.lora_rank, "alpha": alpha, "target_modules": LORA_TARGETS, "tensors": len(layers), "parameters": int(sum(v.numel() for v in layers.values()))},
             "objective": {
