@@ -22,7 +22,6 @@ from pathlib import Path
 
 
 def build(folder: Path, count: int, megapixels: float) -> None:
-    import numpy as np
     from PIL import Image, ImageDraw
     from skimage import data
 

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--split", "-s", default=None, help="split to anonymize (default: every split)")
     a.add_argument("--subset", default=None, help="subset (config) of a Hub dataset that has several; each is anonymized on its own (required there)")
     a.add_argument("--image-column", "-c", default=None, help="image column (default: the dataset's only Image column)")
+    a.add_argument(
+        "--drop-columns", default=None, metavar="A,B",
+        help="comma-separated columns to leave out of the output: another image column is refused unless it is dropped "
+        "or named in --set unedited_columns='[...]' (only the image column is edited)",
+    )
     a.add_argument("--preview", default=None, metavar="PREVIEW_DIR", help="also write a before/after preview (preview.html, preview.png) here; it shows the private originals, keep it local")
     a.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (it is replaced once the new result is complete)")
     a.add_argument(
@@ -375,6 +380,17 @@ def _load(source: str, split: str | None, exclude: tuple[str, ...] = (), subset:
         raise SystemExit(f"error: could not load {source!r}: {_message(err)}{hint}") from err
 
 
+def _drop_columns(source, columns: list[str]):
+    """``source`` without ``columns`` (every split must have them all)."""
+    parts = source.items() if hasattr(source, "keys") else [(None, source)]
+    for name, part in parts:
+        missing = [c for c in columns if c not in part.column_names]
+        if missing:
+            where = f"split {name!r} " if name else ""
+            raise SystemExit(f"error: Got {missing} for --drop-columns; {where}has the columns {part.column_names}")
+    return source.remove_columns(columns)
+
+
 def cmd_anonymize(args) -> int:
     from .pipeline import anonymize_to_disk, format_summary, launched_processes, summarize, write_run_record, write_manifest
     from .sources import find_image_column
@@ -382,6 +398,8 @@ def cmd_anonymize(args) -> int:
     _prepare_output(args.output, args.overwrite)
     out = args.output.rstrip("/\\")
     source = _load(args.source, args.split, exclude=(out, out + ".parts"), subset=args.subset)
+    if args.drop_columns:
+        source = _drop_columns(source, [c.strip() for c in args.drop_columns.split(",") if c.strip()])
     parts = list(source.items()) if hasattr(source, "keys") else [(None, source)]
     try:
         column = find_image_column(parts[0][1], args.image_column)

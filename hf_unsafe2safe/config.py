@@ -362,6 +362,9 @@ class PipelineConfig:
     max_batch_pixels: int = 50_000_000
     # also keep the source image in an `original_image` column (for local review; never publish it)
     keep_original: bool = False
+    # other image columns that may leave unedited (segmentation masks, depth maps: nothing identifying); any other
+    # image column makes `prepare` and the map function refuse the dataset rather than publish it as it is
+    unedited_columns: list = field(default_factory=list)
     inspector: LiteInspectorConfig = field(default_factory=LiteInspectorConfig)
     editor: LiteEditorConfig = field(default_factory=LiteEditorConfig)
     # model-based Stage 1 (fast / paper presets); None keeps Stage 1 to the lite detectors
@@ -384,6 +387,9 @@ class PipelineConfig:
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
         _check(isinstance(self.max_image_pixels, int) and self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, "a positive int")
         _check(isinstance(self.max_batch_pixels, int) and self.max_batch_pixels >= 1, "max_batch_pixels", self.max_batch_pixels, "a positive int")
+        _check(isinstance(self.unedited_columns, list) and all(isinstance(c, str) and c for c in self.unedited_columns)
+               and self.image_column not in self.unedited_columns, "unedited_columns", self.unedited_columns,
+               f"a list of column names other than image_column ({self.image_column!r})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

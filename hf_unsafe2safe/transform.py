@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -46,6 +47,40 @@ class RowResult:
     error: str | None
     metadata_removed: list
     original: dict | None = None
+
+
+def holds_visual(feature) -> bool:
+    """Whether a ``datasets`` feature holds an image, a video or a PDF anywhere inside it (in a list, a sequence or
+    a struct)."""
+    import datasets
+
+    kinds = tuple(getattr(datasets, name) for name in ("Image", "Video", "Pdf") if hasattr(datasets, name))
+    if isinstance(feature, kinds):
+        return True
+    if isinstance(feature, dict):
+        return any(holds_visual(f) for f in feature.values())
+    if isinstance(feature, (list, tuple)):
+        return any(holds_visual(f) for f in feature)
+    inner = getattr(feature, "feature", None)  # Sequence, List, LargeList
+    return inner is not None and holds_visual(inner)
+
+
+def _looks_visual(values) -> bool:
+    """Whether a batch column holds images as ``map`` hands them over: decoded (PIL), undecoded
+    (``{"bytes", "path"}``), alone or in lists (the first few non-empty cells are looked at)."""
+    from PIL import Image
+
+    def visual(cell) -> bool:
+        if isinstance(cell, Image.Image):
+            return True
+        if isinstance(cell, dict):
+            return set(cell) == {"bytes", "path"}
+        if isinstance(cell, (list, tuple)):
+            return any(visual(c) for c in cell[:4])
+        return False
+
+    cells = values if isinstance(values, list) else [values]
+    return any(visual(c) for c in [c for c in cells if c is not None][:4])
 
 
 def header_pixels(data: bytes | None) -> int:
@@ -149,8 +184,22 @@ class Unsafe2Safe:
         clashes = [c for c in C.ADDED_COLUMNS if c in dataset.column_names]
         if clashes:
             raise ValueError(f"The dataset already has output column(s) {clashes}: was it anonymized already?")
+        self._refuse_unedited([name for name, feature in dataset.features.items() if holds_visual(feature)])
         self._find_class_label(dataset.features)
         return dataset.cast_column(col, Image(decode=False))
+
+    def _refuse_unedited(self, visual: list[str]) -> None:
+        """Only ``image_column`` is edited: any other column holding images (or video, PDF) would be published as it
+        is, so it must be removed or named in ``unedited_columns`` first."""
+        others = [c for c in visual if c != self.config.image_column and c not in self.config.unedited_columns]
+        if others:
+            raise ValueError(
+                f"The dataset has image column(s) {others} besides `image_column` ({self.config.image_column!r}): "
+                f"Unsafe2Safe edits only that one, so they would be published unedited. Remove them "
+                f"(`dataset.remove_columns({others})`; command line: --drop-columns {','.join(others)}) or, if they "
+                f"hold nothing identifying (segmentation masks, depth maps), name them in `unedited_columns` "
+                f"(command line: --set unedited_columns='{json.dumps(others)}')."
+            )
 
     def _find_class_label(self, features) -> None:
         """Two-pass Stage 1 names each image's class in its prompts (the paper's ``{image_class}``): the class column
@@ -191,6 +240,8 @@ class Unsafe2Safe:
         col = self.config.image_column
         if col not in batch:
             raise KeyError(f"Image column {col!r} not in the batch; columns: {sorted(batch)}. Set `image_column`.")
+        # a plain `ds.map(anonymize)` has no `prepare`: other image columns arrive decoded and are refused here
+        self._refuse_unedited([name for name, values in batch.items() if name != col and _looks_visual(values)])
         cells = batch[col]
         single = not isinstance(cells, list)
         if single:  # map(..., batched=False)

@@ -5,7 +5,6 @@ import io
 import json
 
 import datasets
-import numpy as np
 import pytest
 
 from hf_unsafe2safe import columns as C

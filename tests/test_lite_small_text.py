@@ -2,10 +2,7 @@
 magnified. Checked on scikit-image's astronaut photo, whose name tag (about x 283-318, y 362-380; letters ~4 px
 high) the whole-image text pass does not find."""
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from hf_unsafe2safe import Unsafe2Safe
 from hf_unsafe2safe import columns as C
