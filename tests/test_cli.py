@@ -172,3 +172,16 @@ def datasets_load(path):
     import datasets
 
     return datasets.load_from_disk(str(path))
+
+
+def test_the_collector_is_back_on_after_a_run_and_after_a_refused_one(image_folder, tmp_path):
+    """`anonymize` turns Python's garbage collector off while it imports and loads, then freezes what it loaded: called
+    in-process (a notebook, a script), it must hand the collector back on, also when the set-up stops with an error."""
+    import gc
+
+    with pytest.raises(SystemExit):
+        main(["anonymize", str(tmp_path / "missing"), "--output", str(tmp_path / "a")])
+    assert gc.isenabled()
+    assert main(["anonymize", str(image_folder), "--output", str(tmp_path / "b")]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    gc.unfreeze()
