@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 from . import columns as C
 from .hub import CARD, RUN_RECORD, render_dataset_card, run_record, summarize
@@ -15,7 +16,7 @@ from .transform import Unsafe2Safe
 
 __all__ = [
     "anonymize_dataset", "anonymize_to_disk", "format_summary", "join_chunks", "launched_processes", "resume_key", "save_dataset", "summarize",
-    "write_manifest", "write_run_record",
+    "time_left", "write_manifest", "write_run_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,19 @@ def _open_parts(parts: str, key: dict) -> None:
         json.dump(key, f)
 
 
+def time_left(elapsed: float, done: int, total: int) -> str | None:
+    """``total - done`` rows at the pace of ``done`` rows in ``elapsed`` seconds, in words ("2 h 05 min", "14 min",
+    "under a minute"); None before any row is done or once all are."""
+    if done <= 0 or done >= total or elapsed <= 0:
+        return None
+    seconds = round(elapsed / done * (total - done))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return "under a minute"
+
+
 def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: int = 16, num_proc: int | None = None, chunk_rows: int = 2000):
     """Anonymize ``dataset`` (a ``Dataset`` or ``DatasetDict``) into ``output`` (``save_to_disk``), resumably and
     across processes.
@@ -164,6 +178,7 @@ def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: 
     splits = dataset.items() if isinstance(dataset, datasets.DatasetDict) else [(None, dataset)]
     cache = os.path.join(parts, "cache", str(rank))
     plan = []  # (split, chunk folders in order)
+    work = []  # (split name, split, chunk index, chunk count, its rows, its folder): what this process still has to do
     for name, part in splits:
         folder = os.path.join(parts, name or "_")
         count = math.ceil(len(part) / chunk_rows)
@@ -173,17 +188,22 @@ def anonymize_to_disk(dataset, anonymize: Unsafe2Safe, output: str, batch_size: 
         todo = [c for c in mine if not os.path.exists(chunks[c])]
         if len(todo) < len(mine):
             logger.warning("%s: resuming: %d of %d chunks already done in %s", name or "dataset", len(mine) - len(todo), len(mine), parts)
-        for c in todo:
-            rows = range(c * chunk_rows, min(len(part), (c + 1) * chunk_rows))
-            desc = f"Unsafe2Safe{f' [{name}]' if name else ''} chunk {c + 1}/{count}" + (f" (rank {rank})" if launched else "")
-            result = anonymize_dataset(part.select(rows), anonymize, batch_size, num_proc, desc, device_rank=local, cache_dir=cache)
-            tmp = f"{chunks[c]}.tmp-{rank}"
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
-            _keep_chunk(result, tmp)
-            del result
-            os.replace(tmp, chunks[c])
-            shutil.rmtree(cache, ignore_errors=True)
+        work += [(name, part, c, count, range(c * chunk_rows, min(len(part), (c + 1) * chunk_rows)), chunks[c]) for c in todo]
+    total, done, started = sum(len(w[4]) for w in work), 0, time.monotonic()
+    for name, part, c, count, rows, chunk in work:
+        # every chunk has its own progress bar; its title also says how long the whole run needs at the pace so far
+        left = time_left(time.monotonic() - started, done, total)
+        desc = (f"Unsafe2Safe{f' [{name}]' if name else ''} chunk {c + 1}/{count}" + (f" (rank {rank})" if launched else "")
+                + (f", about {left} left in all" if left else ""))
+        result = anonymize_dataset(part.select(rows), anonymize, batch_size, num_proc, desc, device_rank=local, cache_dir=cache)
+        tmp = f"{chunk}.tmp-{rank}"
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        _keep_chunk(result, tmp)
+        del result
+        os.replace(tmp, chunk)
+        shutil.rmtree(cache, ignore_errors=True)
+        done += len(rows)
     if state is not None:
         state.wait_for_everyone()
     if rank != 0:

@@ -175,3 +175,37 @@ def test_chunks_written_by_several_map_workers_join_in_row_order(photos, tmp_pat
     out = str(tmp_path / "safe")
     anonymize_to_disk(photos, anonymize, out, batch_size=1, num_proc=2, chunk_rows=3)
     assert _bytes(datasets.load_from_disk(out)) == _bytes(reference)
+
+
+def test_time_left_in_words():
+    from hf_unsafe2safe.pipeline import time_left
+
+    assert time_left(10.0, 0, 100) is None and time_left(10.0, 100, 100) is None
+    assert time_left(10.0, 50, 100) == "under a minute"
+    assert time_left(60.0, 10, 100) == "9 min"
+    assert time_left(2000.0, 2000, 100_000) == "27 h 13 min"
+
+
+def test_each_chunk_title_says_how_long_the_whole_run_still_needs(photos, tmp_path):
+    """A 100k-photo folder runs 50 chunks, each with its own bar: from the second one on, the title tells the time
+    left in all. As a user sees it: the command in a fresh process, its progress bars on stderr (this test process
+    runs with TQDM_DISABLE, which tqdm reads once, at import)."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, row in enumerate(photos.cast_column("image", datasets.Image(decode=False))):
+        data = row["image"]["bytes"]
+        suffix = "png" if data.startswith(b"\x89PNG") else "jpg"
+        (folder / f"{i}.{suffix}").write_bytes(data)
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    run = subprocess.run([sys.executable, "-m", "hf_unsafe2safe.cli", "anonymize", str(folder), "--output", str(tmp_path / "safe"), "--chunk-rows", "2"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    titles = [line.split(":")[0] for line in run.stderr.replace("\r", "\n").splitlines() if " chunk " in line]
+    first = [t for t in titles if "chunk 1/3" in t]
+    later = [t for t in titles if "chunk 2/3" in t or "chunk 3/3" in t]
+    assert first and all("left in all" not in t for t in first), titles
+    assert later and all("left in all" in t for t in later), titles
