@@ -353,7 +353,8 @@ def _load_models(anonymize, args, rank: int | None = None) -> None:
         return
     try:
         anonymize.load(rank)
-    except (OSError, ValueError, ImportError) as err:
+    except Exception as err:  # noqa: BLE001 - ONNX Runtime, transformers and diffusers raise many kinds; each ends here the same way
+        logging.getLogger(__name__).info("loading the models failed", exc_info=True)
         raise SystemExit(f"error: could not load the models of preset {args.preset!r}: {_message(err)}") from err
 
 

@@ -185,3 +185,26 @@ def test_the_collector_is_back_on_after_a_run_and_after_a_refused_one(image_fold
     assert main(["anonymize", str(image_folder), "--output", str(tmp_path / "b")]) == 0
     assert gc.isenabled() and gc.get_freeze_count() > 0
     gc.unfreeze()
+
+
+def test_models_that_cannot_be_loaded_stop_the_command_in_one_line(tmp_path, caplog):
+    """A broken install (here: a model file ONNX Runtime cannot read) stops `anonymize` before any row, with the
+    error in one line, instead of a traceback or a run whose every row falls back."""
+    import argparse
+    import logging
+
+    import onnxruntime as ort
+
+    from hf_unsafe2safe import Unsafe2Safe
+    from hf_unsafe2safe.cli import _load_models
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+
+    class _BrokenInstall(Unsafe2Safe):
+        def load(self, rank=None):
+            ort.InferenceSession(str(broken), providers=["CPUExecutionProvider"])
+
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit, match=r"^error: could not load the models of preset 'lite': .*\S") as stop:
+        _load_models(_BrokenInstall.from_preset("lite"), argparse.Namespace(num_proc=1, preset="lite"))
+    assert "\n" not in str(stop.value) and "loading the models failed" in caplog.text

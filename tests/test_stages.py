@@ -37,6 +37,21 @@ def test_the_lite_preset_runs_the_detectors_then_the_region_editor_and_the_fallb
     assert lite.component("vlm") is None and lite.component("region_editor") is second[0]
 
 
+def test_the_lite_detectors_are_built_once_before_the_first_row_and_shared_by_the_row_threads():
+    """Built at `load` (a broken install fails there, before any row, instead of every row falling back), one
+    ONNX Runtime session per detector for all row threads (built on first use, two threads starting at once could
+    each build one)."""
+    lite = Unsafe2Safe.from_preset("lite", inspector={"num_threads": 2}).load()
+    inspector = lite.component("detectors").inspector
+    faces, text = inspector._faces, inspector._text
+    assert faces is not None and text is not None
+    rows = call_rows(lite, [cell(encode(astronaut())) for _ in range(4)])
+    assert [r[C.ANONYMIZATION]["status"] for r in rows] == [C.STATUS_EDITED] * 4
+    assert inspector._faces is faces and inspector._text is text
+    faces_only = Unsafe2Safe.from_preset("lite", inspector={"text": False}).load().component("detectors").inspector
+    assert faces_only._faces is not None and faces_only._text is None  # what the config turns off is not built
+
+
 class _Recording(Unsafe2Safe):
     """Records the order in which the components are built."""
 

@@ -267,7 +267,7 @@ def classify_text(text: str | None) -> str:
 
 
 class LiteInspector:
-    """Stage 1 lite: detectors + template captions. Detectors are built on first use."""
+    """Stage 1 lite: detectors + template captions. Detectors are built by ``load`` or on first use."""
 
     def __init__(self, config: LiteInspectorConfig, taxonomy: Taxonomy, captioner: TemplateCaptioner):
         self.config = config
@@ -275,6 +275,15 @@ class LiteInspector:
         self.captioner = captioner
         self._faces: FaceDetector | None = None
         self._text: TextDetector | None = None
+
+    def load(self) -> "LiteInspector":
+        """Build the detectors the config turns on now: a broken install then fails before any row (instead of
+        every row falling back to a whole-image edit), and the row threads share one session per detector."""
+        if self.config.faces:
+            self.faces
+        if self.config.text:
+            self.text
+        return self
 
     @property
     def faces(self) -> FaceDetector:
@@ -356,7 +365,7 @@ class LiteDetectors(RowInspection):
 
     @classmethod
     def from_config(cls, config, rank: int | None = None) -> "LiteDetectors":
-        return cls(LiteInspector(config.inspector, load_taxonomy(), TemplateCaptioner()))
+        return cls(LiteInspector(config.inspector, load_taxonomy(), TemplateCaptioner()).load())
 
     def inspect_row(self, source: DecodedImage, inspection: Inspection) -> None:
         inspection.add(self.inspector.inspect(source))
