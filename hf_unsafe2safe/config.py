@@ -40,6 +40,9 @@ class LiteInspectorConfig:
     face_threshold: float = 0.3
     # larger images are downscaled to this side for face detection (boxes are mapped back)
     face_max_side: int = 1280
+    # the smallest face (px high) to find at any image size: where the downscaled image would hide it (photos over
+    # 2048 px), overlapping tiles are also looked at, at the scale that shows it to the detector (None: no tiles)
+    face_min_px: int | None = 64
     # this many faces or more also flags "personal interactions" (a group)
     face_group_size: int = 3
     text: bool = True
@@ -70,6 +73,7 @@ class LiteInspectorConfig:
         _check(0.0 < self.face_threshold < 1.0, "inspector.face_threshold", self.face_threshold, "a float in (0, 1)")
         _check(0.0 < self.text_threshold < 1.0, "inspector.text_threshold", self.text_threshold, "a float in (0, 1)")
         _check(isinstance(self.face_max_side, int) and self.face_max_side >= 64, "inspector.face_max_side", self.face_max_side, "an int >= 64")
+        _check(self.face_min_px is None or (isinstance(self.face_min_px, int) and self.face_min_px >= 8), "inspector.face_min_px", self.face_min_px, "an int >= 8 or None")
         _check(isinstance(self.text_min_side, int) and self.text_min_side >= 32, "inspector.text_min_side", self.text_min_side, "an int >= 32")
         _check(isinstance(self.text_max_side, int) and self.text_max_side >= self.text_min_side, "inspector.text_max_side", self.text_max_side, f"an int >= text_min_side ({self.text_min_side})")
         _check(isinstance(self.face_group_size, int) and self.face_group_size >= 2, "inspector.face_group_size", self.face_group_size, "an int >= 2")
