@@ -5,16 +5,17 @@
 
 What it measures, side by side in one run (see benchmarks/README.md, "The CLI as a user runs it"):
 
-1. speed on two photo sets: the 48 photos 640 px wide of ``bench_lite.py`` and ``--large`` composites 1024-2048 px
+1. speed on three photo sets: the 48 photos 640 px wide of ``bench_lite.py``, ``--large`` composites 1024-2048 px
    (scikit-image photos upscaled as backgrounds, real faces pasted at 60-300 px, rendered signs / name tags / phone
-   numbers / plates at cap heights 6-60 px, the demo's car with its plate). For each set: ``deface --backend B DIR``
+   numbers / plates at cap heights 6-60 px, the demo's car with its plate) and ``--phone`` of the same composites
+   at 4032 px, a 12-MP phone photo's size (the pasted items keep their pixel sizes). For each set: ``deface --backend B DIR``
    (on a fresh copy) with each backend deface's environment can run (OpenCV's DNN, what ``pip install deface`` gives;
    ONNX Runtime where onnx and onnxruntime are installed beside it), ``unsafe2safe anonymize DIR --output OUT`` (full lite, the defaults) and the same with faces only, each
    ``--repeats`` times, interleaved; wall seconds, images/s, the child's CPU seconds (user + sys) and its peak RSS
    (both from ``os.wait4``), and the ratios to the faster deface backend;
 2. peak RSS of ``unsafe2safe anonymize`` on 200 vs 2000 distinct 1024-px photos (``--rss-rows``);
-3. recall of the full-lite run on the composites' ground truth (``<out>/large_truth.json``): faces by height band,
-   text by cap-height band, plates.
+3. recall of the full-lite runs on the composites' ground truth (``<out>/large_truth.json``, ``phone_truth.json``):
+   faces by height band, text by cap-height band, plates.
 
 It prints a markdown table and writes ``<out>/lite_cli.md`` and ``<out>/lite_cli.json``. Rows measured while other
 processes used the CPU are marked (``bench_lite.Contention``).
@@ -38,7 +39,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 import bench_lite  # noqa: E402  (also sets HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)
 
-SECTIONS = ("photos", "deface", "large", "rss", "recall")
+SECTIONS = ("photos", "deface", "large", "phone", "rss", "recall")
 NOISY = 0.15  # cores used by other processes during a measurement above which a row is marked
 
 # --------------------------------------------------------------------------------------------------
@@ -56,10 +57,12 @@ FACE_BANDS = ((60, 100), (100, 160), (160, 230), (230, 301))  # pasted face heig
 FACE_REPORT_BANDS = FACE_BANDS + ((301, 10**6),)  # the background faces are larger
 CAP_BANDS = ((6, 10), (10, 16), (16, 24), (24, 40), (40, 61))  # rendered text cap heights, px
 LONG_SIDE = (1024, 2048)
+PHONE_SIDE = (4032, 4032)  # a 12-MP phone photo's longer side (4032 x 3024)
 FACES_PER_IMAGE = (1, 2, 3)  # cycled
 TEXTS_PER_IMAGE = len(CAP_BANDS)  # one per cap band
 MARGIN = 12  # px kept free around every pasted item
 TRUTH = "large_truth.json"
+PHONE_TRUTH = "phone_truth.json"
 
 SIGNS = ("NO PARKING", "EXIT", "MAIN ST", "OPEN 9-5", "PRIVATE", "GATE 4", "STAFF ONLY", "ELM AVE", "PHARMACY",
          "BUS 42", "TAXI", "HOTEL", "KEEP CLEAR", "PLATFORM 2")
@@ -183,8 +186,8 @@ def _place(rng, size, canvas_size, taken):
     return None
 
 
-def compose(i: int, seed: int = 0):
-    """Composite ``i``: a PIL image (1024-2048 px on its longer side) and its ground truth, a dict whose ``items``
+def compose(i: int, seed: int = 0, long_sides: tuple[int, int] = LONG_SIDE):
+    """Composite ``i``: a PIL image (``long_sides`` px on its longer side) and its ground truth, a dict whose ``items``
     hold every labelled face (``box``: the face; ``paste_box``: the head crop pasted), text line (``box``: the ink;
     ``cap_height``) and plate (``box``: the plate's ink). Deterministic in (i, seed)."""
     import numpy as np
@@ -198,7 +201,7 @@ def compose(i: int, seed: int = 0):
     flip = bool(i // len(BACKGROUNDS) % 2)
     if flip:
         bg = bg.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    long_side = LONG_SIDE[0] + round((LONG_SIDE[1] - LONG_SIDE[0]) * _frac(i, 0.3))
+    long_side = long_sides[0] + round((long_sides[1] - long_sides[0]) * _frac(i, 0.3))
     scale = long_side / max(bg.size)
     canvas = bg.resize((round(bg.width * scale), round(bg.height * scale)), Image.Resampling.BICUBIC)
     items, taken = [], []
@@ -287,19 +290,19 @@ def compose(i: int, seed: int = 0):
     return canvas, {"background": name, "flipped": flip, "size": list(canvas.size), "skipped": skipped, "items": items}
 
 
-def build_large(folder: Path, n: int, seed: int = 0) -> dict:
+def build_large(folder: Path, n: int, seed: int = 0, long_sides: tuple[int, int] = LONG_SIDE, truth_name: str = TRUTH) -> dict:
     """``n`` composites as JPEGs (quality 90) in ``folder`` and their ground truth, also written to
-    ``folder.parent / large_truth.json`` (beside the folder: ``deface DIR`` reads every file in DIR)."""
+    ``folder.parent / truth_name`` (beside the folder: ``deface DIR`` reads every file in DIR)."""
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.jpg"):
         old.unlink()
     truth = {"seed": seed, "note": "boxes [x0, y0, x1, y1] in image pixels; see bench_lite_cli.compose", "images": {}}
     for i in range(n):
-        img, record = compose(i, seed)
+        img, record = compose(i, seed, long_sides)
         name = f"{i:03d}_{record['background']}.jpg"
         img.save(folder / name, format="JPEG", quality=bench_lite.JPEG_QUALITY)
         truth["images"][name] = record
-    (folder.parent / TRUTH).write_text(json.dumps(truth, indent=1))
+    (folder.parent / truth_name).write_text(json.dumps(truth, indent=1))
     return truth
 
 
@@ -616,9 +619,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['set']} | {r['images']} | {r['median_wall_s']:.1f} | {r['images_per_s']:.2f} | "
                          f"{r['peak_rss_mb']} | {r['note']} |")
         lines += [f"\nPeak RSS ratio {results['rss']['ratio']:.3f} (largest / smallest row count).", ""]
-    if results.get("recall"):
-        rec = results["recall"]
-        lines += [f"Recall of full lite on the {results['large_images']} composites ({rec['criterion']}):", "",
+    for rec in (results.get("recall") or {}).values():
+        lines += [f"Recall of full lite on the {rec['set']} ({rec['criterion']}):", "",
                   "| kind | band | labelled | found | recall | covered by a region of any category |",
                   "|---|---|---|---|---|---|"]
         for r in rec["rows"]:
@@ -664,6 +666,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each tool per set (the median is reported)")
     ap.add_argument("--images", type=int, default=48, help="photos 640 px wide (bench_lite.build_photos)")
     ap.add_argument("--large", type=int, default=24, help="composites 1024-2048 px with ground truth")
+    ap.add_argument("--phone", type=int, default=8, help="the same composites at 4032 px, a 12-MP phone photo's size")
     ap.add_argument("--rss-rows", default="200,2000", help="row counts of the RSS section (1024-px photos)")
     ap.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SECTIONS)}")
     ap.add_argument("--deface", default=shutil.which("deface") or str(Path(sys.executable).with_name("deface")),
@@ -709,13 +712,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"building {args.images} photos 640 px wide ...", flush=True)
         bench_lite.build_photos(out_dir / "photos", args.images)
         sets.append((f"{args.images} photos 640 px", out_dir / "photos", args.images))
-    truth = None
+    labelled = {}  # the sets with ground truth: key -> (set name, folder, truth, where the last full-lite run is kept)
     if "large" not in skip or "recall" not in skip:
         print(f"building {args.large} composites 1024-2048 px ...", flush=True)
-        truth = build_large(out_dir / "large", args.large, args.seed)
+        name = f"{args.large} composites 1024-2048 px"
+        labelled["large"] = (name, out_dir / "large", build_large(out_dir / "large", args.large, args.seed), out_dir / "large_lite_out")
         if "large" not in skip:
-            sets.append((f"{args.large} composites 1024-2048 px", out_dir / "large", args.large))
-    kept = out_dir / "large_lite_out"
+            sets.append((name, out_dir / "large", args.large))
+    if args.phone and "phone" not in skip:
+        print(f"building {args.phone} composites 4032 px ...", flush=True)
+        name = f"{args.phone} composites 4032 px (12 MP)"
+        truth = build_large(out_dir / "phone", args.phone, args.seed, PHONE_SIDE, PHONE_TRUTH)
+        labelled["phone"] = (name, out_dir / "phone", truth, out_dir / "phone_lite_out")
+        sets.append((name, out_dir / "phone", args.phone))
+    keep_for = {folder: kept for _, folder, _, kept in labelled.values()}
 
     # 1. speed: every tool once per repeat, interleaved, so that slow drifts of the machine hit every tool alike
     for set_name, folder, n in sets:
@@ -726,7 +736,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if tool.startswith("deface"):
                     got = timed(run_deface, args.deface, folder, tool[len("deface ("):-1])
                 else:
-                    keep = kept if (folder == out_dir / "large" and tool == "lite full" and rep == reps - 1) else None
+                    keep = keep_for.get(folder) if (tool == "lite full" and rep == reps - 1) else None
                     got = timed(run_lite, cli, folder, LITE_TOOLS[tool], keep)
                 runs[tool].append(got)
                 print(f"  {set_name}: {tool:<10} run {rep + 1}/{reps}: {got['wall_s']:7.2f} s wall, {got['cpu_s']:7.1f} s CPU, "
@@ -757,10 +767,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3. recall on the composites' ground truth (the last timed full-lite run's output, or one untimed run)
     if "recall" not in skip:
-        if not (kept / "unsafe2safe_files.json").exists() or "large" in skip:
-            print("full lite on the composites (for recall) ...", flush=True)
-            run_lite(cli, out_dir / "large", [], kept)
-        results["recall"] = recall(kept, truth)
+        results["recall"] = {}
+        for key, (name, folder, truth, kept) in labelled.items():
+            if not (kept / "unsafe2safe_files.json").exists() or key in skip:
+                print(f"full lite on the {name} (for recall) ...", flush=True)
+                run_lite(cli, folder, [], kept)
+            results["recall"][key] = {"set": name, **recall(kept, truth)}
 
     if bench_lite.code_version() != results["code"]:
         print("WARNING: the library code changed during the run", flush=True)

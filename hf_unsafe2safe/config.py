@@ -50,6 +50,9 @@ class LiteInspectorConfig:
     # PP-OCR's default upscales a 640-px photo to ~1300 px (4x the pixels), the bottleneck of a naive setup
     text_min_side: int = 640
     text_max_side: int = 960
+    # the smallest capitals (px high) to find at any image size: where the text_max_side look would show them under
+    # 6 px (photos over 2080 px), overlapping tiles are also looked at, at the scale that shows them at 6 (None: no tiles)
+    text_min_cap_px: int | None = 13
     # box score threshold of the DB text detector (PP-OCR's default 0.5 missed whole lines on a page)
     text_threshold: float = 0.3
     # read detected text (recognition) to name it in the private caption and to tell phone numbers,
@@ -76,6 +79,7 @@ class LiteInspectorConfig:
         _check(self.face_min_px is None or (isinstance(self.face_min_px, int) and self.face_min_px >= 8), "inspector.face_min_px", self.face_min_px, "an int >= 8 or None")
         _check(isinstance(self.text_min_side, int) and self.text_min_side >= 32, "inspector.text_min_side", self.text_min_side, "an int >= 32")
         _check(isinstance(self.text_max_side, int) and self.text_max_side >= self.text_min_side, "inspector.text_max_side", self.text_max_side, f"an int >= text_min_side ({self.text_min_side})")
+        _check(self.text_min_cap_px is None or (isinstance(self.text_min_cap_px, int) and self.text_min_cap_px >= 6), "inspector.text_min_cap_px", self.text_min_cap_px, "an int >= 6 or None")
         _check(isinstance(self.face_group_size, int) and self.face_group_size >= 2, "inspector.face_group_size", self.face_group_size, "an int >= 2")
         _check(isinstance(self.max_text_regions, int) and self.max_text_regions >= 1, "inspector.max_text_regions", self.max_text_regions, "an int >= 1")
         _check(isinstance(self.min_text_chars, int) and self.min_text_chars >= 0, "inspector.min_text_chars", self.min_text_chars, "an int >= 0")

@@ -76,3 +76,54 @@ def test_the_lite_preset_edits_every_face_of_a_phone_photo():
     record = out[C.ANONYMIZATION][0]
     people = [(tuple(r["box"]), r["score"]) for r in out[C.PRIVACY_REGIONS][0] if r["category"] == "people"]
     assert record["status"] == C.STATUS_EDITED and _found(people, heads) == 6
+
+
+# ---- text ---------------------------------------------------------------------------------------------------------
+def _phone_text(cap_px: int, size=(4032, 3024)):
+    """Rendered lines of capitals ``cap_px`` high on a 12-MP photo, one of them across the edge between two text tiles
+    (x 2080, where the first tile ends); returns the image and each line's ink box."""
+    from PIL import ImageDraw, ImageFont
+
+    photo = Image.fromarray(data.coffee()).resize(size)
+    draw = ImageDraw.Draw(photo)
+    font = ImageFont.load_default(size=round(cap_px / 0.72))
+    boxes = []
+    for x, y, text in [(300, 300, "CALL 555 014 2398"), (1800, 1500, "JANE Q EXAMPLE 742 EVERGREEN TERRACE"), (3000, 2600, "NY34 VSA")]:
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        draw.rectangle((left - 12, top - 12, right + 12, bottom + 12), fill=(245, 245, 240))
+        draw.text((x, y), text, font=font, fill=(15, 15, 15))
+        boxes.append(draw.textbbox((x, y), text, font=font))
+    return np.asarray(photo), boxes
+
+
+def _covered_by(box, regions) -> float:
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    for rx0, ry0, rx1, ry1 in regions:
+        mask[max(0, ry0 - y0) : max(0, ry1 - y0), max(0, rx0 - x0) : max(0, rx1 - x0)] = True
+    return float(mask.mean())
+
+
+def test_text_tiles_only_where_the_whole_image_look_would_miss_the_promised_capitals():
+    from hf_unsafe2safe.inspection.lite import text_tiles
+
+    assert text_tiles((2048, 1536), 960 / 2048, 13, 960) == []  # 13-px capitals are 6 px at 960: seen already
+    assert text_tiles((4032, 3024), 960 / 4032, None, 960) == []
+    tiles = text_tiles((4032, 3024), 960 / 4032, 13, 960)
+    assert {scale for _, scale in tiles} == {6 / 13} and len(tiles) == 6
+    covered = np.zeros((3024, 4032), bool)
+    for (x0, y0, x1, y1), _ in tiles:
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+
+
+def test_small_text_of_a_phone_photo_is_found_whole_also_across_a_tile_edge():
+    from conftest import encode
+
+    rgb, lines = _phone_text(15)
+    cell = [{"bytes": encode(rgb), "path": None}]
+    regions = lambda anonymize: [r["box"] for r in anonymize({"image": cell})[C.PRIVACY_REGIONS][0] if r["category"] == "text_symbols"]  # noqa: E731
+    tiled = regions(Unsafe2Safe.from_preset("lite"))
+    assert all(_covered_by(line, tiled) >= 0.95 for line in lines), [(line, _covered_by(line, tiled)) for line in lines]
+    whole_only = regions(Unsafe2Safe.from_preset("lite", inspector={"text_min_cap_px": None}))
+    assert sum(_covered_by(line, whole_only) >= 0.5 for line in lines) <= 1  # 15-px capitals are 3.6 px at 960

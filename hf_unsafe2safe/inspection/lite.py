@@ -202,21 +202,24 @@ class TextDetector:
                 }
             )
 
-    def __call__(self, rgb: np.ndarray, zooms: list | tuple = ()) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
+    def __call__(self, rgb: np.ndarray, zooms: list | tuple = (), tiles: list | tuple = ()) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
         """Text lines of ``rgb``: (box, score, recognised text or None). ``zooms``: (box, scale) pairs, parts of the
-        image detected again magnified by ``scale`` (small text on a person); their lines join those of the whole
-        image unless a line of the whole image already covers them."""
+        image detected again magnified by ``scale`` (small text on a person); their lines join those found before
+        unless those already cover half of them. ``tiles`` (``text_tiles``): the same, but a tile's line is dropped
+        only when lines found before cover nearly all of it (90 %): a line cut by a tile's edge is seen in part by one
+        tile and whole by its neighbour, and the whole one must not be dropped for the part."""
         h, w = rgb.shape[:2]
         # native resolution, clamped: small images are upscaled to min_side, large ones downscaled to max_side
         scale = min(max(max(h, w), self.min_side), self.max_side) / max(h, w)
         bgr = np.ascontiguousarray(rgb[..., ::-1])
         found = self._detect(bgr, scale)
-        for (zx0, zy0, zx1, zy1), zoom in zooms:
-            whole = [box for box, _ in found]
-            for (x0, y0, x1, y1), score in self._detect(bgr[zy0:zy1, zx0:zx1], zoom):
-                box = (x0 + zx0, y0 + zy0, x1 + zx0, y1 + zy0)
-                if _covered(box, whole) < 0.5:
-                    found.append((box, score))
+        for parts, enough in ((tiles, 0.9), (zooms, 0.5)):
+            for (zx0, zy0, zx1, zy1), zoom in parts:
+                before = [box for box, _ in found]
+                for (x0, y0, x1, y1), score in self._detect(bgr[zy0:zy1, zx0:zx1], zoom):
+                    box = (x0 + zx0, y0 + zy0, x1 + zx0, y1 + zy0)
+                    if _covered(box, before) < enough:
+                        found.append((box, score))
         # on a page full of text only the most confident lines are read; every detected box is still a
         # region and is edited, the cap only bounds recognition work
         found.sort(key=lambda item: -item[1])
@@ -265,6 +268,26 @@ FACE_COVER_LIMIT = 0.3
 def _reads_as_word(text: str | None) -> bool:
     """Recognised text with a run of 4 or more letters/digits: a real word or number, not a face read as text."""
     return bool(text) and re.search(r"[^\W_]{4,}", text) is not None
+
+
+# PP-OCRv4's detector finds lettering from capitals about this many pixels high at its input (README "What lite does")
+DETECTOR_CAP_PX = 6
+
+
+def text_tiles(size: tuple[int, int], main_scale: float, min_cap_px: int | None, tile_px: int) -> list:
+    """Overlapping tiles of an image of ``size`` (w, h) to detect text in again, as (box, scale) parts like
+    ``person_zooms``'s: where the whole-image look (``main_scale``) would show capitals of ``min_cap_px`` below
+    ``DETECTOR_CAP_PX``, tiles of ``tile_px`` at the detector's input, at the scale that shows them at it. A line
+    longer than the overlap is seen in parts, each edited."""
+    if not min_cap_px:
+        return []
+    scale = min(1.0, DETECTOR_CAP_PX / min_cap_px)
+    if scale <= main_scale:
+        return []
+    w, h = size
+    tile = int(tile_px / scale)
+    step = max(1, int((tile_px - min(TILE_OVERLAP, tile_px // 4)) / scale))
+    return [((x0, y0, min(w, x0 + tile), min(h, y0 + tile)), scale) for y0 in _tile_starts(h, tile, step) for x0 in _tile_starts(w, tile, step)]
 
 
 def person_zooms(faces: list, size: tuple[int, int], main_scale: float, face_px: int, max_zooms: int = 3, max_side: int = 1024) -> list:
@@ -384,11 +407,15 @@ class LiteInspector:
             # PP-OCR's detector also fires on rows of faces; faces are edited anyway, so a "text" box that
             # lies mostly on faces is dropped (it would wipe out the photo around them), unless it reads as a word
             # (a sign behind a false face detection on a cat stayed half readable when it was dropped)
+            size = (rgb.shape[1], rgb.shape[0])
+            main_scale = min(max(max(size), c.text_min_side), c.text_max_side) / max(size)
+            # large photos: tiles where the whole-image look would miss `text_min_cap_px` capitals
+            tiles = text_tiles(size, main_scale, c.text_min_cap_px, c.text_max_side)
             zooms = []
             if c.person_text and face_boxes:
-                main_scale = min(max(max(rgb.shape[:2]), c.text_min_side), c.text_max_side) / max(rgb.shape[:2])
-                zooms = person_zooms(face_boxes, (rgb.shape[1], rgb.shape[0]), main_scale, c.person_text_face_px)
-            lines = [line for line in self.text(rgb, zooms) if _covered(line[0], face_boxes) < FACE_COVER_LIMIT or _reads_as_word(line[2])]
+                seen = max([main_scale] + [scale for _, scale in tiles])
+                zooms = person_zooms(face_boxes, size, seen, c.person_text_face_px)
+            lines = [line for line in self.text(rgb, zooms, tiles) if _covered(line[0], face_boxes) < FACE_COVER_LIMIT or _reads_as_word(line[2])]
             kinds: dict[str, list[str]] = {}
             for box, score, text in lines:
                 label = classify_text(text)
