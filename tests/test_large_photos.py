@@ -9,7 +9,7 @@ from skimage import data
 
 from hf_unsafe2safe import Unsafe2Safe
 from hf_unsafe2safe import columns as C
-from hf_unsafe2safe.inspection.lite import FaceDetector, _merge_faces, _tile_starts
+from hf_unsafe2safe.inspection.lite import FaceDetector, _merge_faces, _tile_spans
 
 HEAD = (150, 30, 300, 210)  # the astronaut's head in scikit-image's photo: her face is about 120 of its 180 px
 
@@ -59,10 +59,16 @@ def test_photos_up_to_2048_px_are_seen_as_before(detectors):
     assert [f[:2] for f in whole_only.detect(rgb)] == [f[:2] for f in tiled.detect(rgb)]
 
 
-def test_tiles_cover_the_whole_side_and_merging_keeps_one_box_per_face():
-    for length, size, step in [(4032, 2048, 1638), (3024, 2048, 1638), (100, 2048, 1638), (5000, 1000, 999)]:
-        starts = _tile_starts(length, size, step)
-        assert starts[0] == 0 and starts[-1] + size >= length and all(b - a <= step for a, b in zip(starts, starts[1:]))
+def test_tiles_cover_the_whole_side_with_the_overlap_and_merging_keeps_one_box_per_face():
+    for length, size, overlap in [(4032, 2048, 410), (3024, 2048, 410), (100, 2048, 410), (5000, 1000, 1), (2049, 2048, 256), (10000, 300, 100)]:
+        spans = _tile_spans(length, size, overlap)
+        assert spans[0][0] == 0 and spans[-1][1] == length and all(0 < b - a <= size for a, b in spans)
+        assert all(prev[1] - nxt[0] >= overlap for prev, nxt in zip(spans, spans[1:]))
+        # the fewest tiles that can do it: one fewer could not cover the side with that overlap
+        n = len(spans)
+        assert n == 1 or (n - 1) * size - (n - 2) * overlap < length
+    # a 12-MP photo's face tiles (1280 px at 0.625): 3 x 2 tiles of about 1620 x 1720 px, not 2048 x 2048
+    assert [b - a for a, b in _tile_spans(4032, 2048, 410)] == [1619] * 3
     lm = np.zeros((5, 2))
     merged = _merge_faces([((0, 0, 100, 100), 0.9, lm), ((0, 0, 100, 70), 0.5, lm), ((200, 0, 300, 100), 0.4, lm)])
     assert [f[0] for f in merged] == [(0, 0, 100, 100), (200, 0, 300, 100)]
@@ -81,14 +87,18 @@ def test_the_lite_preset_edits_every_face_of_a_phone_photo():
 # ---- text ---------------------------------------------------------------------------------------------------------
 def _phone_text(cap_px: int, size=(4032, 3024)):
     """Rendered lines of capitals ``cap_px`` high on a 12-MP photo, one of them across the edge between two text tiles
-    (x 2080, where the first tile ends); returns the image and each line's ink box."""
+    (starting 300 px before the first tile ends); returns the image and each line's ink box."""
     from PIL import ImageDraw, ImageFont
+
+    from hf_unsafe2safe.inspection.lite import text_tiles
+
+    edge = text_tiles(size, 960 / max(size), 13, 960)[0][0][2]
 
     photo = Image.fromarray(data.coffee()).resize(size)
     draw = ImageDraw.Draw(photo)
     font = ImageFont.load_default(size=round(cap_px / 0.72))
     boxes = []
-    for x, y, text in [(300, 300, "CALL 555 014 2398"), (1800, 1500, "JANE Q EXAMPLE 742 EVERGREEN TERRACE"), (3000, 2600, "NY34 VSA")]:
+    for x, y, text in [(300, 300, "CALL 555 014 2398"), (edge - 300, 1500, "JANE Q EXAMPLE 742 EVERGREEN TERRACE"), (3000, 2600, "NY34 VSA")]:
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         draw.rectangle((left - 12, top - 12, right + 12, bottom + 12), fill=(245, 245, 240))
         draw.text((x, y), text, font=font, fill=(15, 15, 15))

@@ -11,6 +11,7 @@ The ONNX sessions are created on first use, once per process, and never pickled.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 
@@ -105,14 +106,13 @@ class FaceDetector:
         if scale <= whole:
             return found
         overlap = min(TILE_OVERLAP, self.max_side // 4)
-        size = int(self.max_side / scale)  # a tile, in image pixels
-        step = max(1, int((self.max_side - overlap) / scale))
         # a tile keeps the faces that lie whole in one tile; larger ones (cut by a tile's edge, seen as parts) are
         # the whole-image pass's
         largest = overlap / scale
-        for y0 in _tile_starts(h, size, step):
-            for x0 in _tile_starts(w, size, step):
-                for (bx0, by0, bx1, by1), score, landmarks in self._detect(rgb[y0 : y0 + size, x0 : x0 + size], scale):
+        size, shared = int(self.max_side / scale), math.ceil(overlap / scale)  # a tile and the overlap, image pixels
+        for y0, y1 in _tile_spans(h, size, shared):
+            for x0, x1 in _tile_spans(w, size, shared):
+                for (bx0, by0, bx1, by1), score, landmarks in self._detect(rgb[y0:y1, x0:x1], scale):
                     if max(bx1 - bx0, by1 - by0) <= largest:
                         found.append(((bx0 + x0, by0 + y0, bx1 + x0, by1 + y0), score, landmarks + (x0, y0)))
         return _merge_faces(found)
@@ -145,12 +145,16 @@ class FaceDetector:
         return found
 
 
-def _tile_starts(length: int, size: int, step: int) -> list[int]:
-    """Starts of tiles of ``size`` every ``step`` pixels covering ``length``, the last one flush with the end."""
+def _tile_spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) of the fewest tiles of at most ``size`` pixels that cover ``length`` with neighbours sharing at
+    least ``overlap`` pixels, all of one size and spread evenly (no tile mostly repeats its neighbour)."""
     if length <= size:
-        return [0]
-    starts = list(range(0, length - size, step))
-    return starts + [length - size]
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (size - overlap))
+    # n tiles of `each` pixels, n - 1 overlaps of at least `overlap` (+1: the starts are rounded)
+    each = min(size, math.ceil((length + (n - 1) * overlap) / n) + 1)
+    starts = [round(i * (length - each) / (n - 1)) for i in range(n)]
+    return [(start, start + each) for start in starts]
 
 
 def _merge_faces(found: list) -> list:
@@ -285,9 +289,8 @@ def text_tiles(size: tuple[int, int], main_scale: float, min_cap_px: int | None,
     if scale <= main_scale:
         return []
     w, h = size
-    tile = int(tile_px / scale)
-    step = max(1, int((tile_px - min(TILE_OVERLAP, tile_px // 4)) / scale))
-    return [((x0, y0, min(w, x0 + tile), min(h, y0 + tile)), scale) for y0 in _tile_starts(h, tile, step) for x0 in _tile_starts(w, tile, step)]
+    tile, overlap = int(tile_px / scale), math.ceil(min(TILE_OVERLAP, tile_px // 4) / scale)
+    return [((x0, y0, x1, y1), scale) for y0, y1 in _tile_spans(h, tile, overlap) for x0, x1 in _tile_spans(w, tile, overlap)]
 
 
 def person_zooms(faces: list, size: tuple[int, int], main_scale: float, face_px: int, max_zooms: int = 3, max_side: int = 1024) -> list:
