@@ -183,3 +183,75 @@ def test_regions_the_diffusion_left_unchanged_get_the_region_edit_on_the_composi
     assert status["status"] == C.STATUS_EDITED and status["editor"] == "instruct-pix2pix+lite"
     assert status["error"] == f"{n} region(s) left nearly unchanged by instruct-pix2pix got the lite edit"
     assert np.abs(pixels(row["image"]["bytes"]).astype(int) - pixels(face).astype(int)).max() > 0
+
+
+# ---- how rows go through the stages ------------------------------------------------------------------------------
+
+
+class _Traced(Unsafe2Safe):
+    """Lite with its detectors and region edit wrapped to log each row (by image width) as Stage 1 and Stage 2 take
+    it; ``staged``: plus a batched Stage 1 component that adds nothing (a model component's place), so that the rows
+    go stage by stage."""
+
+    staged = False
+
+    def build_component(self, name, rank=None):
+        import threading
+
+        built = super().build_component(name, rank)
+        self.events = getattr(self, "events", [])
+        lock, events = getattr(self, "lock", None) or threading.Lock(), self.events
+        self.lock = lock
+
+        def log(kind, width):
+            with lock:
+                events.append((kind, width))
+
+        if name == "detectors":
+            class Detectors(RowInspection):
+                def inspect_row(self, source, inspection):
+                    log("inspect", source.size[0])
+                    built.inspect_row(source, inspection)
+
+            return Detectors()
+        if name == "vlm" and self.staged:
+            class Nothing(InspectionComponent):
+                def __call__(self, batch):
+                    pass
+
+            return Nothing()
+        if name == "region_editor":
+            class Edit(stage2.EditComponent):
+                def wants(self, row):
+                    return built.wants(row)
+
+                def edit_row(self, row):
+                    built.edit_row(row)
+                    log("edit", row.source.size[0])
+
+            return Edit()
+        return built
+
+
+def _in_flight(events) -> int:
+    """The most rows inspected and not yet edited at any point of ``events``."""
+    inspected, edited, most = set(), set(), 0
+    for kind, width in events:
+        (inspected if kind == "inspect" else edited).add(width)
+        most = max(most, len(inspected - edited))
+    return most
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lite_takes_each_row_through_both_stages_before_the_next_and_the_rows_come_out_the_same(threads):
+    """Where every component works a row at a time (lite), a row is decoded, inspected and edited on its row thread
+    before that thread takes the next: as many images are held decoded as there are threads (a batch of 16 12-MP
+    photos would otherwise hold 580 MB of pixels). With a batched component the rows go stage by stage; every
+    row's output is the same either way."""
+    cells = [cell(encode(astronaut(size))) for size in range(160, 320, 20)]  # 8 rows, each with a face
+    streamed = _Traced.from_preset("lite", inspector={"num_threads": threads})
+    staged = type("Staged", (_Traced,), {"staged": True}).from_preset("lite", inspector={"num_threads": threads})
+    rows, reference = call_rows(streamed, cells), call_rows(staged, cells)
+    assert rows == reference and all(r[C.ANONYMIZATION]["status"] == C.STATUS_EDITED for r in rows)
+    assert len(streamed.events) == len(staged.events) == 16
+    assert _in_flight(streamed.events) <= threads and _in_flight(staged.events) == 8

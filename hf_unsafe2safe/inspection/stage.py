@@ -51,7 +51,8 @@ def component_class(name: str) -> type:
     return lookup(STAGE1, name, __package__, "a Stage 1 component")
 
 
-def _serial(fn, items) -> list:
+def serial(fn, items) -> list:
+    """``[fn(item) for item in items]`` on the calling thread."""
     return [fn(item) for item in items]
 
 
@@ -68,7 +69,7 @@ class InspectionBatch:
     sources: list
     inspections: list[Inspection] = field(default_factory=list)
     classes: list[str | None] = field(default_factory=list)
-    each_row: Callable = _serial
+    each_row: Callable = serial
     answers: list | None = None
 
     def __post_init__(self) -> None:
