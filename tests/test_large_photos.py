@@ -137,3 +137,31 @@ def test_small_text_of_a_phone_photo_is_found_whole_also_across_a_tile_edge():
     assert all(_covered_by(line, tiled) >= 0.95 for line in lines), [(line, _covered_by(line, tiled)) for line in lines]
     whole_only = regions(Unsafe2Safe.from_preset("lite", inspector={"text_min_cap_px": None}))
     assert sum(_covered_by(line, whole_only) >= 0.5 for line in lines) <= 1  # 15-px capitals are 3.6 px at 960
+
+
+# ---- the evaluation sees what lite promises ---------------------------------------------------------------------
+def test_the_privacy_evaluation_looks_for_faces_as_small_as_lite_does():
+    """FaceSim on a 12-MP photo: the 64-px faces lite finds (above) are also the evaluation's faces, so a photo
+    that kept them unchanged scores 6 of 6 re-identified; looked at 1280 px only, it would not see them and would
+    score the photo as if it held no face to leak."""
+    pytest.importorskip("dlib")
+    from hf_unsafe2safe.evaluation.metrics import FaceMatcher
+    from hf_unsafe2safe.evaluation.privacy import FaceSimConfig
+
+    rgb, _ = _phone_photo(64)
+    unchanged = FaceMatcher(FaceSimConfig().detector_threshold, min_face_px=FaceSimConfig().detector_min_face_px).compare(rgb, rgb)
+    assert unchanged.faces == 6 and unchanged.reidentified == 6
+    assert FaceMatcher(min_face_px=None).compare(rgb, rgb).faces == 0
+
+
+def test_the_evaluations_smallest_face_is_validated():
+    from hf_unsafe2safe.evaluation.demographics import DemographicsConfig
+    from hf_unsafe2safe.evaluation.privacy import FaceSimConfig
+
+    assert FaceSimConfig().detector_min_face_px == DemographicsConfig().face_min_px == 64
+    for bad in (4, 64.0, True):
+        with pytest.raises(ValueError, match="faces.detector_min_face_px"):
+            FaceSimConfig(detector_min_face_px=bad)
+        with pytest.raises(ValueError, match="demographics.face_min_px"):
+            DemographicsConfig(face_min_px=bad)
+    assert FaceSimConfig(detector_min_face_px=None).detector_min_face_px is None

@@ -62,12 +62,15 @@ class DemographicsConfig:
 
     face_threshold: float = 0.5  # RetinaFace score, as FaceSim
     face_max_side: int = 1280
+    face_min_px: int | None = 64  # the smallest face looked for in any photo (tiles on large ones, as lite's)
     match_iou: float = 0.3  # an anonymized face at least this IoU with the original's box is the same person
     age_buckets: tuple[int, ...] = AGE_BUCKETS
 
     def __post_init__(self) -> None:
         _check(isinstance(self.face_threshold, (int, float)) and 0 < self.face_threshold < 1, "demographics.face_threshold", self.face_threshold, "a float in (0, 1)")
         _check(isinstance(self.face_max_side, int) and self.face_max_side >= 64, "demographics.face_max_side", self.face_max_side, "an int >= 64")
+        m = self.face_min_px
+        _check(m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 8), "demographics.face_min_px", m, "an int >= 8 or None")
         _check(isinstance(self.match_iou, (int, float)) and 0 < self.match_iou <= 1, "demographics.match_iou", self.match_iou, "a float in (0, 1]")
         self.age_buckets = tuple(self.age_buckets)
         ok = len(self.age_buckets) >= 1 and all(isinstance(b, int) and b > 0 for b in self.age_buckets) and list(self.age_buckets) == sorted(set(self.age_buckets))
@@ -153,7 +156,7 @@ class AgeGenderMetric(PairMetric):
             return
         from ..inspection.lite import FaceDetector
 
-        self.detector = FaceDetector(config.face_threshold, config.face_max_side)
+        self.detector = FaceDetector(config.face_threshold, config.face_max_side, min_face_px=config.face_min_px)
         # per pair: persons, comparable persons (found again at their place), same gender, same age bucket
         self.counts: list[tuple[int, int, int, int]] = []
         self.hist = {k: [] for k in ("gender_o", "gender_a", "age_o", "age_a")}  # per pair count vectors

@@ -191,11 +191,13 @@ class ArcFaceOnnxEmbedder(FaceEmbedder):
 class FaceMatcher:
     """RetinaFace detection + a face embedder (dlib's by default), both loaded once."""
 
-    def __init__(self, threshold: float = 0.5, embedder: FaceEmbedder | None = None):
+    def __init__(self, threshold: float = 0.5, embedder: FaceEmbedder | None = None, min_face_px: int | None = 64):
+        """``min_face_px``: the smallest face found in any photo, as lite's ``inspector.face_min_px`` (a photo over
+        2048 px is also looked at in tiles; None: at 1280 px only, which hides faces under ~126 px of a 12-MP one)."""
         from ..inspection.lite import FaceDetector
 
         self.embedder = embedder if embedder is not None else DlibEmbedder()
-        self.detector = FaceDetector(threshold, 1280)
+        self.detector = FaceDetector(threshold, 1280, min_face_px=min_face_px)
 
     def embed(self, rgb: np.ndarray, box, landmarks: np.ndarray | None = None) -> np.ndarray:
         return self.embedder.embed(rgb, box, landmarks)

@@ -36,14 +36,19 @@ class FaceSimConfig:
     buffalo_l's ``w600k_r50.onnx``; the paper's FaceSim uses InsightFace) with ``same_person_cosine``, the cosine
     at or above which two faces are the same person: it depends on the model and on the false-match rate you
     accept, so it must be given. A missing or unloadable file makes the faces figures unavailable, with the
-    reason. ``detector_threshold``: RetinaFace score for a face. Validates itself."""
+    reason. ``detector_threshold``: RetinaFace score for a face; ``detector_min_face_px``: the smallest face looked
+    for in any photo (large photos are also looked at in tiles, as lite's ``inspector.face_min_px``; None: at 1280
+    px only). Validates itself."""
 
     embedder: str = "dlib"
     model_path: str | None = None
     same_person_cosine: float | None = None
     detector_threshold: float = 0.5
+    detector_min_face_px: int | None = 64
 
     def __post_init__(self) -> None:
+        m = self.detector_min_face_px
+        _check(m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 8), "faces.detector_min_face_px", m, "an int >= 8 or None")
         _check(self.embedder in FACE_EMBEDDERS, "faces.embedder", self.embedder, f"one of {FACE_EMBEDDERS}")
         t = self.detector_threshold
         _check(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1, "faces.detector_threshold", t, "a float in (0, 1)")
@@ -90,7 +95,7 @@ class FaceSimMetric(PairMetric):
         if embedder is not None:
             from .metrics import FaceMatcher
 
-            self.matcher = FaceMatcher(config.detector_threshold, embedder)
+            self.matcher = FaceMatcher(config.detector_threshold, embedder, config.detector_min_face_px)
         self.figures = self._definitions()
         if embedder is not None:
             embedding = embedder.model
