@@ -103,7 +103,7 @@ def test_metadata_files_add_their_columns_as_imagefolder_does(tmp_path):
 def test_unreadable_image_files_become_invalid_rows_and_other_files_one_warning(tmp_path, lite, caplog):
     root = tmp_path / "odd"
     _write(root / "ok.jpg", 1)
-    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))  # an iPhone photo Pillow cannot read
+    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))  # a HEIC header and no image in it
     (root / "empty.jpg").write_bytes(b"")
     (root / "cut.png").write_bytes(encode(_tile(2), "PNG")[:60])
     (root / "notes.txt").write_text("hello")

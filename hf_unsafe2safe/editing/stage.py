@@ -140,7 +140,7 @@ def keep(row: EditRow) -> None:
     when that removal is the edit of a flagged row, else ``passed``)."""
     source = row.source
     try:
-        data, reencoded = pass_through(source)
+        data, reencoded = pass_through(source, row.jpeg_quality)
     except Exception as err:  # noqa: BLE001 - the container could not be rewritten: write the pixels anew
         logger.warning("pass-through failed (%s); re-encoding", describe_error(err))
         data, reencoded = encode(source.image, source, row.jpeg_quality), True

@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,6 +21,32 @@ _EDIT_MODE = {"P": "RGBA", "PA": "RGBA", "1": "L", "RGBX": "RGB", "La": "LA", "R
 # formats whose edited result is written losslessly (quality settings do not apply)
 _LOSSLESS_SAVE = {"PNG": {}, "TIFF": {"compression": "tiff_lzw"}, "BMP": {}, "GIF": {}}
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L"}
+# formats that a dataset's readers cannot open with Pillow alone (`datasets`' Image feature decodes with plain
+# Pillow): rows from them are written in the format named here, edited or not
+_WRITE_AS = {"HEIF": "JPEG"}
+
+
+def register_plugins() -> None:
+    """Let Pillow open HEIC/HEIF (phone photos) through pillow-heif's plugin, when it is installed; idempotent.
+    pillow-heif applies the file's own rotation (irot/imir) when it decodes and sets the EXIF orientation to 1.
+    The row threads decode at once: none opens a file before the plugin is in place."""
+    global _PLUGINS_REGISTERED
+    if _PLUGINS_REGISTERED:
+        return
+    with _PLUGINS_LOCK:
+        if _PLUGINS_REGISTERED:
+            return
+        try:
+            import pillow_heif
+        except ImportError:  # without it a HEIC file is an invalid_input row that says why
+            pillow_heif = None
+        if pillow_heif is not None:
+            pillow_heif.register_heif_opener()
+        _PLUGINS_REGISTERED = True
+
+
+_PLUGINS_REGISTERED = False
+_PLUGINS_LOCK = threading.Lock()
 
 
 def upright(img, orientation: int):
@@ -108,6 +135,7 @@ def open_cell(value):
     or None when it is missing or unreadable (for previews and evaluation, which show or skip such rows)."""
     from PIL import Image
 
+    register_plugins()
     try:
         data, _ = image_bytes(value)
         img = value if data is None else Image.open(io.BytesIO(data))
@@ -135,6 +163,7 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
 
     if not data:
         raise InvalidImage("image file is empty (0 bytes)")
+    register_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -212,8 +241,12 @@ def from_edit_array(arr: np.ndarray, mode: str):
 
 
 def encode(img, source: DecodedImage, jpeg_quality: int) -> bytes:
-    """Encode an edited image in the source's format (lossless where the format is, JPEG at ``jpeg_quality``)."""
-    fmt = source.format
+    """Encode an edited image in the source's format (lossless where the format is, JPEG at ``jpeg_quality``); a
+    HEIC/HEIF source as JPEG (``_WRITE_AS``), or as PNG where it has transparency (JPEG would show what lies under
+    the transparent pixels)."""
+    fmt = _WRITE_AS.get(source.format, source.format)
+    if source.format in _WRITE_AS and img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        fmt = "PNG"
     params: dict = {}
     icc = source.image.info.get("icc_profile")
     if fmt == "JPEG":
@@ -239,12 +272,15 @@ def encode(img, source: DecodedImage, jpeg_quality: int) -> bytes:
     return buf.getvalue()
 
 
-def pass_through(source: DecodedImage) -> tuple[bytes, bool]:
+def pass_through(source: DecodedImage, jpeg_quality: int = 95) -> tuple[bytes, bool]:
     """The source bytes with identifying metadata removed losslessly.
 
-    Returns ``(bytes, reencoded)``; ``reencoded`` is True only for formats whose metadata we cannot drop
-    at the container level and that carried some: those are re-written losslessly (same pixels).
+    Returns ``(bytes, reencoded)``; ``reencoded`` is True for formats whose metadata we cannot drop at the
+    container level and that carried some: those are re-written losslessly (same pixels); and for the formats of
+    ``_WRITE_AS`` (HEIC), written as JPEG at ``jpeg_quality`` without any metadata, rotation applied.
     """
+    if source.format in _WRITE_AS:
+        return encode(source.image, source, jpeg_quality), True
     stripper = STRIPPERS.get(source.format)
     if stripper is not None:
         try:
