@@ -116,3 +116,26 @@ def test_a_folder_of_phone_photos_is_anonymized_and_every_row_opens_with_plain_p
     read = subprocess.run([sys.executable, "-c", check, str(out)], capture_output=True, text=True, timeout=120)
     assert read.returncode == 0, read.stderr[-3000:]
     assert read.stdout.strip() == "[('JPEG', (400, 400), 'edited'), ('JPEG', (300, 200), 'passed'), ('JPEG', (300, 300), 'edited')]"
+
+
+def test_the_plugin_is_imported_only_when_a_heic_file_comes():
+    """A run without HEIC files does not pay for pillow-heif's import; the first one registers the plugin."""
+    code = (
+        "import io, sys\n"
+        "from PIL import Image\n"
+        "from hf_unsafe2safe.utils.images import decode\n"
+        "buf = io.BytesIO(); Image.new('RGB', (32, 24), (200, 10, 10)).save(buf, 'JPEG')\n"
+        "decode(buf.getvalue(), 10**8)\n"
+        "print('pillow_heif' in sys.modules)\n"
+        "decode(open(sys.argv[1], 'rb').read(), 10**8)\n"
+        "print('pillow_heif' in sys.modules)\n"
+    )
+
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".heic") as f:
+        f.write(heic(gradient(64, 48)))
+        f.flush()
+        run = subprocess.run([sys.executable, "-c", code, f.name], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["False", "True"]

@@ -26,26 +26,39 @@ _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L"}
 _WRITE_AS = {"HEIF": "JPEG"}
 
 
-def register_plugins() -> None:
-    """Let Pillow open HEIC/HEIF (phone photos) through pillow-heif's plugin, when it is installed; idempotent.
-    pillow-heif applies the file's own rotation (irot/imir) when it decodes and sets the EXIF orientation to 1.
-    The row threads decode at once: none opens a file before the plugin is in place."""
+def register_plugins() -> bool:
+    """Let Pillow open HEIC/HEIF (phone photos) through pillow-heif's plugin; idempotent. True when the plugin is
+    in place (False: pillow-heif is not installed). pillow-heif applies the file's own rotation (irot/imir) when it
+    decodes and sets the EXIF orientation to 1. The row threads decode at once: a thread that finds another one
+    registering waits for it."""
     global _PLUGINS_REGISTERED
-    if _PLUGINS_REGISTERED:
-        return
     with _PLUGINS_LOCK:
-        if _PLUGINS_REGISTERED:
-            return
-        try:
-            import pillow_heif
-        except ImportError:  # without it a HEIC file is an invalid_input row that says why
-            pillow_heif = None
-        if pillow_heif is not None:
-            pillow_heif.register_heif_opener()
-        _PLUGINS_REGISTERED = True
+        if _PLUGINS_REGISTERED is None:
+            try:
+                import pillow_heif
+            except ImportError:  # without it a HEIC file is an invalid_input row that says why
+                _PLUGINS_REGISTERED = False
+            else:
+                pillow_heif.register_heif_opener()
+                _PLUGINS_REGISTERED = True
+        return _PLUGINS_REGISTERED
 
 
-_PLUGINS_REGISTERED = False
+def _open(data: bytes):
+    """``Image.open`` on ``data``. A file Pillow does not know that is an ISO media file (an ``ftyp`` box first, as
+    HEIC/HEIF) is tried again once pillow-heif's plugin is registered: registering on the first such file spares
+    every run without one the plugin's import."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if data[4:8] != b"ftyp" or not register_plugins():
+            raise
+        return Image.open(io.BytesIO(data))
+
+
+_PLUGINS_REGISTERED: bool | None = None
 _PLUGINS_LOCK = threading.Lock()
 
 
@@ -135,10 +148,9 @@ def open_cell(value):
     or None when it is missing or unreadable (for previews and evaluation, which show or skip such rows)."""
     from PIL import Image
 
-    register_plugins()
     try:
         data, _ = image_bytes(value)
-        img = value if data is None else Image.open(io.BytesIO(data))
+        img = value if data is None else _open(data)
         if img is None or not hasattr(img, "load"):
             return None
         img.load()
@@ -163,11 +175,10 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
 
     if not data:
         raise InvalidImage("image file is empty (0 bytes)")
-    register_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = _open(data)
     except Image.DecompressionBombError as err:
         raise InvalidImage(f"decompression bomb refused by Pillow: {err}") from err
     except UnidentifiedImageError as err:
