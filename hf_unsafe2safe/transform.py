@@ -87,12 +87,12 @@ def header_pixels(data: bytes | None) -> int:
     """Pixels of an encoded image from its header alone (0 when it cannot be read: decode reports why later)."""
     if not data:
         return 0
-    from PIL import Image
+    from .utils.images import open_bytes
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
+            with open_bytes(data) as img:
                 w, h = img.size
         return w * h
     except Exception:  # noqa: BLE001 - unreadable here is unreadable in decode, which says why

@@ -139,3 +139,11 @@ def test_the_plugin_is_imported_only_when_a_heic_file_comes():
         run = subprocess.run([sys.executable, "-c", code, f.name], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["False", "True"]
+
+
+def test_a_phone_photo_counts_its_pixels_in_the_batch_memory_bound():
+    """`max_batch_pixels` groups rows by their header's size; a HEIC row counted as 0 pixels would let a batch of
+    12-MP phone photos be decoded all at once."""
+    from hf_unsafe2safe.transform import header_pixels
+
+    assert header_pixels(heic(gradient(320, 240))) == 320 * 240

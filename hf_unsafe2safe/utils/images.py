@@ -44,7 +44,7 @@ def register_plugins() -> bool:
         return _PLUGINS_REGISTERED
 
 
-def _open(data: bytes):
+def open_bytes(data: bytes):
     """``Image.open`` on ``data``. A file Pillow does not know that is an ISO media file (an ``ftyp`` box first, as
     HEIC/HEIF) is tried again once pillow-heif's plugin is registered: registering on the first such file spares
     every run without one the plugin's import."""
@@ -146,11 +146,9 @@ def image_bytes(value) -> tuple[bytes | None, str | None]:
 def open_cell(value):
     """An image cell (bytes, path, ``{"bytes", "path"}`` or PIL) as a loaded PIL image in display orientation,
     or None when it is missing or unreadable (for previews and evaluation, which show or skip such rows)."""
-    from PIL import Image
-
     try:
         data, _ = image_bytes(value)
-        img = value if data is None else _open(data)
+        img = value if data is None else open_bytes(data)
         if img is None or not hasattr(img, "load"):
             return None
         img.load()
@@ -178,7 +176,7 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = _open(data)
+            img = open_bytes(data)
     except Image.DecompressionBombError as err:
         raise InvalidImage(f"decompression bomb refused by Pillow: {err}") from err
     except UnidentifiedImageError as err:
