@@ -147,3 +147,22 @@ def test_a_phone_photo_counts_its_pixels_in_the_batch_memory_bound():
     from hf_unsafe2safe.transform import header_pixels
 
     assert header_pixels(heic(gradient(320, 240))) == 320 * 240
+
+
+def test_without_the_extra_a_phone_photo_is_an_invalid_row_that_names_it(tmp_path):
+    """In a Python where pillow-heif cannot be imported (``sys.modules`` entry None, as for a missing package), a
+    HEIC row is `invalid_input` with an error that says what to install; a JPEG beside it is anonymized."""
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(heic(astronaut(200)))
+    code = (
+        "import sys\n"
+        "sys.modules['pillow_heif'] = None\n"
+        "from hf_unsafe2safe import Unsafe2Safe\n"
+        "out = Unsafe2Safe.from_preset('lite')({'image': [{'bytes': open(sys.argv[1], 'rb').read(), 'path': None}]})\n"
+        "print(out['anonymization'][0]['status'], '|', out['anonymization'][0]['error'], '|', out['image'][0])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    status, error, image = (part.strip() for part in run.stdout.split("|"))
+    assert status == C.STATUS_INVALID and image == "None"
+    assert error == "HEIC/HEIF image: reading it needs the `heic` extra (pip install 'hf_unsafe2safe[heic]', pillow-heif)"

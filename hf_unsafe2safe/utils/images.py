@@ -59,6 +59,8 @@ def open_bytes(data: bytes):
 
 
 _PLUGINS_REGISTERED: bool | None = None
+# ISO media brands of HEIC/HEIF stills and sequences (the `ftyp` box's major brand)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 _PLUGINS_LOCK = threading.Lock()
 
 
@@ -180,6 +182,8 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     except Image.DecompressionBombError as err:
         raise InvalidImage(f"decompression bomb refused by Pillow: {err}") from err
     except UnidentifiedImageError as err:
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            raise InvalidImage("HEIC/HEIF image: reading it needs the `heic` extra (pip install 'hf_unsafe2safe[heic]', pillow-heif)") from err
         raise InvalidImage(f"not a readable image: Pillow recognises no image format (file starts with {data[:8]!r})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImage(f"not a readable image: {describe_error(err)}") from err
