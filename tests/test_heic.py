@@ -166,3 +166,14 @@ def test_without_the_extra_a_phone_photo_is_an_invalid_row_that_names_it(tmp_pat
     status, error, image = (part.strip() for part in python(code, str(path)).split("|"))
     assert status == C.STATUS_INVALID and image == "None"
     assert error == "HEIC/HEIF image: reading it needs the `heic` extra (pip install 'hf_unsafe2safe[heic]', pillow-heif)"
+
+
+def test_a_broken_phone_photo_says_it_is_unreadable_not_that_the_extra_is_missing(lite):
+    """With pillow-heif installed, a HEIC header with no image behind it and a file cut in half are unreadable
+    rows whose error says why (what libheif reports), never a call to install what is installed."""
+    whole = heic(gradient(100, 80))
+    rows = call_rows(lite, [cell(b"\x00\x00\x00\x18ftypheic" + bytes(64)), cell(whole[: len(whole) // 2])])
+    errors = [row[C.ANONYMIZATION]["error"] for row in rows]
+    assert [row[C.ANONYMIZATION]["status"] for row in rows] == [C.STATUS_INVALID] * 2
+    assert errors[0].startswith("not a readable image") and "Unexpected end of file" in errors[1]
+    assert not any("extra" in e for e in errors)

@@ -217,7 +217,7 @@ class _Traced(Unsafe2Safe):
         if name == "vlm" and self.staged:
             class Nothing(InspectionComponent):
                 def __call__(self, batch):
-                    pass
+                    """Adds nothing: its presence alone makes the stage batched."""
 
             return Nothing()
         if name == "region_editor":

@@ -24,6 +24,15 @@ _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L"}
 # formats that a dataset's readers cannot open with Pillow alone (`datasets`' Image feature decodes with plain
 # Pillow): rows from them are written in the format named here, edited or not
 _WRITE_AS = {"HEIF": "JPEG"}
+# ISO media brands of HEIC/HEIF stills and sequences (the `ftyp` box's major brand)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+_PLUGINS_REGISTERED: bool | None = None  # None: not tried yet
+_PLUGINS_LOCK = threading.Lock()
+
+
+def _is_heif(data: bytes) -> bool:
+    """Whether ``data`` is a HEIC/HEIF file by its ``ftyp`` box."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
 
 
 def register_plugins() -> bool:
@@ -45,23 +54,16 @@ def register_plugins() -> bool:
 
 
 def open_bytes(data: bytes):
-    """``Image.open`` on ``data``. A file Pillow does not know that is an ISO media file (an ``ftyp`` box first, as
-    HEIC/HEIF) is tried again once pillow-heif's plugin is registered: registering on the first such file spares
-    every run without one the plugin's import."""
+    """``Image.open`` on ``data``. A HEIC/HEIF file Pillow does not know is tried again once pillow-heif's plugin is
+    registered: registering on the first such file spares every run without one the plugin's import."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        if data[4:8] != b"ftyp" or not register_plugins():
+        if not _is_heif(data) or not register_plugins():
             raise
         return Image.open(io.BytesIO(data))
-
-
-_PLUGINS_REGISTERED: bool | None = None
-# ISO media brands of HEIC/HEIF stills and sequences (the `ftyp` box's major brand)
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
-_PLUGINS_LOCK = threading.Lock()
 
 
 def upright(img, orientation: int):
@@ -182,7 +184,7 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     except Image.DecompressionBombError as err:
         raise InvalidImage(f"decompression bomb refused by Pillow: {err}") from err
     except UnidentifiedImageError as err:
-        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        if _is_heif(data) and not register_plugins():
             raise InvalidImage("HEIC/HEIF image: reading it needs the `heic` extra (pip install 'hf_unsafe2safe[heic]', pillow-heif)") from err
         raise InvalidImage(f"not a readable image: Pillow recognises no image format (file starts with {data[:8]!r})") from err
     except (OSError, SyntaxError, ValueError) as err:
@@ -258,7 +260,7 @@ def encode(img, source: DecodedImage, jpeg_quality: int) -> bytes:
     HEIC/HEIF source as JPEG (``_WRITE_AS``), or as PNG where it has transparency (JPEG would show what lies under
     the transparent pixels)."""
     fmt = _WRITE_AS.get(source.format, source.format)
-    if source.format in _WRITE_AS and img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if source.format in _WRITE_AS and img.has_transparency_data:
         fmt = "PNG"
     params: dict = {}
     icc = source.image.info.get("icc_profile")
@@ -285,7 +287,7 @@ def encode(img, source: DecodedImage, jpeg_quality: int) -> bytes:
     return buf.getvalue()
 
 
-def pass_through(source: DecodedImage, jpeg_quality: int = 95) -> tuple[bytes, bool]:
+def pass_through(source: DecodedImage, jpeg_quality: int) -> tuple[bytes, bool]:
     """The source bytes with identifying metadata removed losslessly.
 
     Returns ``(bytes, reencoded)``; ``reencoded`` is True for formats whose metadata we cannot drop at the
