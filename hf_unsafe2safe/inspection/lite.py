@@ -192,19 +192,7 @@ class TextDetector:
         self.session = ort.InferenceSession(os.path.join(models, "ch_PP-OCRv4_det_infer.onnx"), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.post = DBPostProcess(thresh=0.3, box_thresh=threshold, max_candidates=1000, unclip_ratio=1.6, score_mode="fast", use_dilation=True)
-        self.recognizer = None
-        if read_text:
-            from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
-
-            self.recognizer = TextRecognizer(
-                {
-                    "model_path": os.path.join(models, "ch_PP-OCRv4_rec_infer.onnx"),
-                    "rec_img_shape": [3, 48, 320],
-                    "rec_batch_num": 16,
-                    "intra_op_num_threads": resolve_threads(num_threads),
-                    "inter_op_num_threads": 1,
-                }
-            )
+        self.recognizer = _LineReader(os.path.join(models, "ch_PP-OCRv4_rec_infer.onnx"), opts) if read_text else None
 
     def __call__(self, rgb: np.ndarray, zooms: list | tuple = (), tiles: list | tuple = ()) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
         """Text lines of ``rgb``: (box, score, recognised text or None). ``zooms``: (box, scale) pairs, parts of the
@@ -231,8 +219,7 @@ class TextDetector:
         if self.recognizer is not None and found:
             n = min(len(found), self.max_regions)
             crops = [bgr[y0:y1, x0:x1] for (x0, y0, x1, y1), _ in found[:n]]
-            results, _ = self.recognizer(crops)
-            texts[:n] = [text.strip() for text, _ in results]
+            texts[:n] = [text.strip() for text in self.recognizer(crops)]
         return [
             (box, score, text or None)
             for (box, score), text in zip(found, texts)
@@ -257,6 +244,42 @@ class TextDetector:
             if box is not None:
                 found.append((box, float(score)))
         return found
+
+
+# PP-OCRv4's recogniser reads a line scaled to this many pixels high
+READ_HEIGHT = 48
+
+
+class _LineReader:
+    """PP-OCRv4 recognition (``rapidocr-onnxruntime``'s model and its CTC decoding), each line read alone at its own
+    width. rapidocr's own recogniser pads every line of a batch to the widest one and to at least 320 px: on the CLI
+    benchmark's 129 labelled lines, reading each at its own width took half the time, with a character error rate
+    of 5.9 % against 7.2 % (padded lines lose the spaces between words)."""
+
+    def __init__(self, path: str, opts):
+        import onnxruntime as ort
+        from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
+
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        characters = self.session.get_modelmeta().custom_metadata_map["character"].splitlines()
+        self.decode = CTCLabelDecode(character=characters)
+
+    def __call__(self, crops: list[np.ndarray]) -> list[str]:
+        """The text of each BGR crop (one line each)."""
+        import cv2
+
+        texts = []
+        for crop in crops:
+            h, w = crop.shape[:2]
+            width = max(1, int(READ_HEIGHT * w / h))
+            line = cv2.resize(crop, (width, READ_HEIGHT))
+            # a line narrower than it is high is padded (with the grey the network pads with) to a square
+            x = np.zeros((1, 3, READ_HEIGHT, max(width, READ_HEIGHT)), np.float32)
+            x[0, :, :, :width] = (line.astype(np.float32).transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+            preds = self.session.run(None, {self.input_name: x})[0]
+            texts.append(self.decode(preds)[0][0])
+        return texts
 
 
 def _clip_box(x0, y0, x1, y1, w, h):
