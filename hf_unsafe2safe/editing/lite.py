@@ -2,7 +2,7 @@
 
 Each region box is grown by ``dilation`` and fully replaced; a ``feather``-pixel ramp outside it blends
 the edit into the surroundings. Every pixel farther than that from a region keeps its source value
-exactly. Edits run on the source pixel mode (8/16-bit, grey, RGB(A), CMYK) in float32 and are rounded
+exactly. Edits run on the source pixel mode (8/16-bit, grey, RGB(A), CMYK) in float32 (float64 for 32-bit sources) and are rounded
 back, so nothing outside the regions is touched.
 """
 
@@ -46,8 +46,8 @@ class RegionEditor:
         h, w = img.shape[:2]
         x0, y0, x1, y1 = core
         ex0, ey0, ex1, ey1 = max(0, x0 - f), max(0, y0 - f), min(w, x1 + f), min(h, y1 + f)
-        # float64 holds every 8/16/32-bit value exactly, so untouched pixels round-trip unchanged
-        patch = img[ey0:ey1, ex0:ex1].astype(np.float64)
+        work = _work_dtype(img.dtype)
+        patch = img[ey0:ey1, ex0:ex1].astype(work)
         strength = self.config.strength
         if method == "pixelate":
             # the cell grid starts at the core box so that the core is covered by whole cells
@@ -58,12 +58,12 @@ class RegionEditor:
             edited = _blur(patch, max(x1 - x0, y1 - y0) / _BLUR_DIVISOR[strength])
         elif method == "fill":
             edited = np.empty_like(patch)
-            edited[...] = _ring_mean(img.astype(np.float64), core)
+            edited[...] = _ring_mean(img, core)
         elif method == "inpaint":
-            edited = _inpaint(img, core, (ex0, ey0, ex1, ey1))
+            edited = _inpaint(img, core, (ex0, ey0, ex1, ey1), work)
         else:  # config validation makes this unreachable
             raise ValueError(f"unknown edit method {method!r}")
-        weight = _feather_weight(ey1 - ey0, ex1 - ex0, (x0 - ex0, y0 - ey0, x1 - ex0, y1 - ey0), f)
+        weight = _feather_weight(ey1 - ey0, ex1 - ex0, (x0 - ex0, y0 - ey0, x1 - ex0, y1 - ey0), f, work)
         if patch.ndim == 3:
             weight = weight[..., None]
         img[ey0:ey1, ex0:ex1] = _cast_back(patch * (1.0 - weight) + edited * weight, img.dtype)
@@ -72,7 +72,7 @@ class RegionEditor:
         """The strongest lite edit: the whole image pixelated into FALLBACK_CELLS cells across."""
         h, w = pixels.shape[:2]
         cell = max(2, int(np.ceil(max(h, w) / FALLBACK_CELLS)))
-        return _cast_back(_pixelate(pixels.astype(np.float64), cell, 0, 0), pixels.dtype)
+        return _cast_back(_pixelate(pixels.astype(_work_dtype(pixels.dtype)), cell, 0, 0), pixels.dtype)
 
 
 def _grow(box, fraction: float, w: int, h: int) -> tuple[int, int, int, int]:
@@ -81,14 +81,20 @@ def _grow(box, fraction: float, w: int, h: int) -> tuple[int, int, int, int]:
     return max(0, x0 - dx), max(0, y0 - dy), min(w, x1 + dx), min(h, y1 + dy)
 
 
-def _feather_weight(h: int, w: int, core, feather: int) -> np.ndarray:
+def _work_dtype(dtype) -> type:
+    """The float type edits are computed in: float32 holds every 8- and 16-bit value exactly (and is float32
+    images' own), float64 every 32-bit one; so pixels the edit does not reach round-trip unchanged."""
+    dtype = np.dtype(dtype)
+    return np.float32 if dtype.itemsize <= 2 or dtype == np.float32 else np.float64
+
+
+def _feather_weight(h: int, w: int, core, feather: int, dtype=np.float64) -> np.ndarray:
     """1 inside the core box, falling linearly to 0 over ``feather`` pixels outside it."""
     x0, y0, x1, y1 = core
     xs, ys = np.arange(w), np.arange(h)
-    dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
-    dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
-    dist = np.maximum(dy[:, None], dx[None, :]).astype(np.float64)
-    return np.clip(1.0 - dist / (feather + 1), 0.0, 1.0)
+    # per axis: the weight a pixel at that distance from the core gets, then the smaller of the two
+    ramp = lambda d: np.clip(1.0 - np.maximum(d, 0) / (feather + 1), 0.0, 1.0).astype(dtype)  # noqa: E731
+    return np.minimum(ramp(np.maximum(y0 - ys, ys - (y1 - 1)))[:, None], ramp(np.maximum(x0 - xs, xs - (x1 - 1)))[None, :])
 
 
 def _pixelate(patch: np.ndarray, cell: int, off_x: int, off_y: int) -> np.ndarray:
@@ -135,7 +141,7 @@ def _ring_mean(img: np.ndarray, core) -> np.ndarray:
     mask = np.ones(outer.shape[:2], bool)
     mask[y0 - max(0, y0 - r) : y1 - max(0, y0 - r), x0 - max(0, x0 - r) : x1 - max(0, x0 - r)] = False
     pixels = outer[mask] if mask.any() else outer.reshape(-1, *outer.shape[2:])
-    return pixels.mean(axis=0)
+    return pixels.astype(np.float64).mean(axis=0)
 
 
 # Telea's fill is smooth at the scale of the box: a box whose shorter side is over this many pixels is filled on the
@@ -143,7 +149,7 @@ def _ring_mean(img: np.ndarray, core) -> np.ndarray:
 INPAINT_SIDE = 24
 
 
-def _inpaint(img: np.ndarray, core, extent) -> np.ndarray:
+def _inpaint(img: np.ndarray, core, extent, dtype=np.float64) -> np.ndarray:
     """OpenCV Telea inpainting of the core box from its surroundings; returns the ``extent`` patch. Every pixel of the
     fill comes from outside the core: on the shrunk crop, a pixel that any core pixel reaches is filled, never kept."""
     import cv2
@@ -173,7 +179,7 @@ def _inpaint(img: np.ndarray, core, extent) -> np.ndarray:
         fill = cv2.resize(fill, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
         filled.append(np.where((mask > 0)[..., None] if fill.ndim == 3 else mask > 0, fill, chan))
     out = filled[0] if rgb8 else (filled[0] if crop.ndim == 2 else np.stack(filled, axis=-1))
-    result = img[ey0:ey1, ex0:ex1].astype(np.float64)
+    result = img[ey0:ey1, ex0:ex1].astype(dtype)
     # copy the inpainted crop into the extent patch where they overlap
     ix0, iy0, ix1, iy1 = max(cx0, ex0), max(cy0, ey0), min(cx1, ex1), min(cy1, ey1)
     result[iy0 - ey0 : iy1 - ey0, ix0 - ex0 : ix1 - ex0] = out[iy0 - cy0 : iy1 - cy0, ix0 - cx0 : ix1 - cx0]
