@@ -5,7 +5,8 @@
 
 What it measures, side by side in one run (see benchmarks/README.md, "The CLI as a user runs it"):
 
-1. speed on three photo sets: the 48 photos 640 px wide of ``bench_lite.py``, ``--large`` composites 1024-2048 px
+1. speed on four photo sets: the 48 photos 640 px wide of ``bench_lite.py`` (and ``--many`` copies of them, where
+   start-up no longer decides), ``--large`` composites 1024-2048 px
    (scikit-image photos upscaled as backgrounds, real faces pasted at 60-300 px, rendered signs / name tags / phone
    numbers / plates at cap heights 6-60 px, the demo's car with its plate) and ``--phone`` of the same composites
    at 4032 px, a 12-MP phone photo's size (the pasted items keep their pixel sizes). For each set: ``deface --backend B DIR``
@@ -39,7 +40,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 import bench_lite  # noqa: E402  (also sets HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)
 
-SECTIONS = ("photos", "deface", "large", "phone", "rss", "recall")
+SECTIONS = ("photos", "many", "deface", "large", "phone", "rss", "recall")
 NOISY = 0.15  # cores used by other processes during a measurement above which a row is marked
 
 # --------------------------------------------------------------------------------------------------
@@ -304,6 +305,17 @@ def build_large(folder: Path, n: int, seed: int = 0, long_sides: tuple[int, int]
         truth["images"][name] = record
     (folder.parent / truth_name).write_text(json.dumps(truth, indent=1))
     return truth
+
+
+def build_many(photos: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` files in ``folder``, copies of the photos in ``photos`` in turn (``0003_<name>``, ...)."""
+    sources = sorted(photos.glob("*.jpg"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    paths = [folder / f"{i:04d}_{sources[i % len(sources)].name}" for i in range(n)]
+    for i, path in enumerate(paths):
+        shutil.copy(sources[i % len(sources)], path)
+    return paths
 
 
 def build_rss(folder: Path, n: int, width: int = 1024) -> list[Path]:
@@ -665,6 +677,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="benchmarks/_work/cli", help="working folder: images, outputs, lite_cli.md/json")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each tool per set (the median is reported)")
     ap.add_argument("--images", type=int, default=48, help="photos 640 px wide (bench_lite.build_photos)")
+    ap.add_argument("--many", type=int, default=480, help="the 640-px photos copied to this many files: a folder large "
+                    "enough that each tool's start-up (lite ~0.5 s, deface ~0.3 s) no longer decides (0: skip)")
     ap.add_argument("--large", type=int, default=24, help="composites 1024-2048 px with ground truth")
     ap.add_argument("--phone", type=int, default=8, help="the same composites at 4032 px, a 12-MP phone photo's size")
     ap.add_argument("--rss-rows", default="200,2000", help="row counts of the RSS section (1024-px photos)")
@@ -712,6 +726,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"building {args.images} photos 640 px wide ...", flush=True)
         bench_lite.build_photos(out_dir / "photos", args.images)
         sets.append((f"{args.images} photos 640 px", out_dir / "photos", args.images))
+        if args.many and "many" not in skip:
+            build_many(out_dir / "photos", out_dir / "many", args.many)
+            sets.append((f"{args.many} photos 640 px (the {args.images}, copied)", out_dir / "many", args.many))
     labelled = {}  # the sets with ground truth: key -> (set name, folder, truth, where the last full-lite run is kept)
     if "large" not in skip or "recall" not in skip:
         print(f"building {args.large} composites 1024-2048 px ...", flush=True)
