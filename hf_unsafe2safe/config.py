@@ -64,7 +64,8 @@ class LiteInspectorConfig:
     min_text_chars: int = 2
     # small text on people (name tags, badges, patches): the chest and shoulders below each face (the 3 largest) are
     # looked at again, magnified so that the face is `person_text_face_px` high (at most 3x); see
-    # inspection.lite.person_zooms. On skimage's astronaut this finds the name tag that the whole-image pass misses
+    # inspection.lite.person_zooms. On skimage's astronaut this finds the name tag that the whole-image pass misses;
+    # the same parts are searched for round badges whose rim lettering is read unrolled (inspection.lite.emblem_circles)
     person_text: bool = True
     person_text_face_px: int = 240
     metadata: bool = True
