@@ -272,8 +272,9 @@ class TextDetector:
     def rim_text(self, rgb: np.ndarray, circles: list) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
         """The round badges of ``circles`` (``emblem_circles``) that carry text on their rim: each rim unrolled
         (``unrolled_rim``: its upper and lower halves), all strips stacked into one detector input; a badge with a line
-        on it becomes one box, the whole disk, with the lines read (joined) as its text. With ``read_text``, lines
-        read as fewer than ``min_chars`` characters do not count."""
+        on it becomes one box, the whole disk. With ``read_text`` its lines are read widest first until one reads as
+        at least ``min_chars`` characters, which becomes the badge's text; a badge with none is not one (reading
+        every line of the astronaut's patch cost more than detecting them)."""
         if not circles:
             return []
         bgr = np.ascontiguousarray(rgb[..., ::-1])
@@ -287,18 +288,19 @@ class TextDetector:
         h, w = rgb.shape[:2]
         found = []
         for index, lines in sorted(per_circle.items()):
-            texts: list[str | None] = [None] * len(lines)
+            text = None
             if self.recognizer is not None:
-                texts = [t.strip() for t in self.recognizer([stack[y0:y1, x0:x1] for (x0, y0, x1, y1), _ in lines])]
-                kept = [(line, t) for line, t in zip(lines, texts) if len(t.replace(" ", "")) >= self.min_chars]
-                if not kept:
+                for x0, y0, x1, y1 in sorted((box for box, _ in lines), key=lambda b: b[0] - b[2]):
+                    read = self.recognizer([stack[y0:y1, x0:x1]])[0].strip()
+                    if len(read.replace(" ", "")) >= max(1, self.min_chars):
+                        text = read
+                        break
+                if text is None:
                     continue
-                lines, texts = [line for line, _ in kept], [t for _, t in kept]
             cx, cy, r = circles[index]
             outer = r * EMBLEM_BAND[1]
             box = _clip_box(cx - outer, cy - outer, cx + outer, cy + outer, w, h)
             if box is not None:
-                text = " ".join(t for t in texts if t) or None
                 found.append((box, max(score for _, score in lines), text))
         return found
 
