@@ -361,12 +361,14 @@ def test_triplet_filter_runs_on_the_training_rows_before_the_split(pairs, base, 
     from hf_unsafe2safe.training.triplet_filter import filter_pairs
 
     clip = build_tiny_clip(str(tmp_path / "clip"))
-    # the filter's decision on the run's pairs: at ratio > 1 (the edit must match the caption better than the source)
-    # this random-weight CLIP keeps some pairs and drops others
+    # the filter's decision on the run's pairs, at a threshold this random-weight CLIP's ratios straddle (their 10th
+    # percentile: the lowest pair is dropped, most are kept), whatever the pairs' pixels
     rows = training_rows(pairs)
-    kept, _ = filter_pairs(pairs, rows, "image", clip, 1.0, "cpu")
+    _, probe = filter_pairs(pairs, rows, "image", clip, 1.0, "cpu")
+    threshold = probe["ratios"]["p10"]
+    kept, _ = filter_pairs(pairs, rows, "image", clip, threshold, "cpu")
     assert 2 <= len(kept) < len(rows)
-    result = finetune_editor(pairs, str(tmp_path / "filtered"), _config(base, clip_model=clip, clip_threshold=1.0, steps=1, batch_size=2, held_out=1, samples=0), progress=False)
+    result = finetune_editor(pairs, str(tmp_path / "filtered"), _config(base, clip_model=clip, clip_threshold=threshold, steps=1, batch_size=2, held_out=1, samples=0), progress=False)
     record = json.loads((tmp_path / "filtered" / "unsafe2safe_finetune.json").read_text())
     filtered = record["triplet_filter"]
     assert filtered["applied"] and filtered["model"] == clip and filtered["considered"] == len(rows) and filtered["kept"] == len(kept)
