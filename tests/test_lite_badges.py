@@ -143,3 +143,15 @@ def test_rim_strips_run_round_the_circle_with_the_letters_upright():
     # the lower half, turned half round: the bottom of the circle in its middle, the outer edge at the bottom
     x, y = where(lower, 1)
     assert abs(x - 0.5) < 0.02 and y > 0.6
+
+
+def test_the_patch_is_found_below_a_face_cut_by_the_top_edge(inspector, astronaut):
+    # the same photo from y = 100 down: the face box is cut short, but the face's height is judged from its width
+    photo, _ = astronaut
+    cut = np.ascontiguousarray(photo[100:])
+    regions = _regions(inspector, cut)
+    face = next(r.box for r in regions if r.category == "people")
+    assert face[1] <= 5 and face[3] - face[1] < 1.2 * (face[2] - face[0]), face
+    x0, y0, x1, y1 = CREW_PATCH
+    patch = (x0, y0 - 100, x1, y1 - 100)
+    assert any(_cover(r.box, patch) >= 0.85 for r in regions if r.category == "text_symbols"), [r.box for r in regions]

@@ -406,19 +406,27 @@ def person_zooms(faces: list, size: tuple[int, int], main_scale: float, face_px:
         part = below_face(face, size)
         if part is None:
             continue
-        scale = min(3.0, face_px / (face[3] - face[1]), max_side / max(part[2] - part[0], part[3] - part[1]))
+        scale = min(3.0, face_px / face_height(face), max_side / max(part[2] - part[0], part[3] - part[1]))
         if scale >= 1.25 * main_scale:
             zooms.append((part, scale))
     return zooms
 
 
+def face_height(face) -> float:
+    """The height of a face from its box, judged from its width too: RetinaFace's boxes of whole faces are about
+    1.25 widths high, and a face cut by the photo's top edge has a short box (its chin, and what lies below it,
+    are where they are)."""
+    return max(face[3] - face[1], 1.2 * (face[2] - face[0]))
+
+
 def below_face(face, size: tuple[int, int]):
     """The chest and shoulders below ``face`` in an image of ``size`` (w, h): 1.5 face widths either side of the
-    face's centre, 2 face heights down from its chin, clipped; None for a face under 8 px or a part under 8 px."""
+    face's centre, 2 face heights (``face_height``) down from its chin, clipped; None for a face under 8 px high or
+    a part under 8 px."""
     x0, y0, x1, y1 = face
     w, h = size
-    fw, fh = x1 - x0, y1 - y0
-    if fh < 8:
+    fw, fh = x1 - x0, face_height(face)
+    if y1 - y0 < 8:
         return None
     cx = (x0 + x1) / 2
     part = (max(0, int(cx - 1.5 * fw)), min(h, y1), min(w, int(np.ceil(cx + 1.5 * fw))), min(h, int(np.ceil(y1 + 2 * fh))))
@@ -459,7 +467,7 @@ def emblem_circles(rgb: np.ndarray, faces: list, max_faces: int = 3) -> list[tup
         if part is None:
             continue
         zx0, zy0, zx1, zy1 = part
-        s = EMBLEM_FACE_PX / (face[3] - face[1])
+        s = EMBLEM_FACE_PX / face_height(face)
         gray = cv2.cvtColor(np.ascontiguousarray(rgb[zy0:zy1, zx0:zx1]), cv2.COLOR_RGB2GRAY)
         gray = cv2.resize(gray, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         lo, hi = (int(round(EMBLEM_FACE_PX * f)) for f in EMBLEM_RADII)
