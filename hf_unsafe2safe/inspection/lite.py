@@ -237,12 +237,14 @@ class TextDetector:
         self.post = DBPostProcess(thresh=0.3, box_thresh=threshold, max_candidates=1000, unclip_ratio=1.6, score_mode="fast", use_dilation=True)
         self.recognizer = _LineReader(os.path.join(models, "ch_PP-OCRv4_rec_infer.onnx"), opts) if read_text else None
 
-    def __call__(self, rgb: np.ndarray, zooms: list | tuple = (), tiles: list | tuple = ()) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
+    def __call__(self, rgb: np.ndarray, zooms: list | tuple = (), tiles: list | tuple = (), circles: list | tuple = ()) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
         """Text lines of ``rgb``: (box, score, recognised text or None). ``zooms``: (box, scale) pairs, parts of the
         image detected again magnified by ``scale`` (small text on a person); their lines join those found before
         unless those already cover half of them. ``tiles`` (``text_tiles``): the same, but a tile's line is dropped
         only when lines found before cover nearly all of it (90 %): a line cut by a tile's edge is seen in part by one
-        tile and whole by its neighbour, and the whole one must not be dropped for the part."""
+        tile and whole by its neighbour, and the whole one must not be dropped for the part. ``circles``
+        (``emblem_circles``): round badges, each a line (its whole disk) where text is found on its rim
+        (``_rim_text``), after the others."""
         h, w = rgb.shape[:2]
         # native resolution, clamped: small images are upscaled to min_side, large ones downscaled to max_side
         scale = min(max(max(h, w), self.min_side), self.max_side) / max(h, w)
@@ -263,13 +265,14 @@ class TextDetector:
             n = min(len(found), self.max_regions)
             crops = [bgr[y0:y1, x0:x1] for (x0, y0, x1, y1), _ in found[:n]]
             texts[:n] = [text.strip() for text in self.recognizer(crops)]
-        return [
+        lines = [
             (box, score, text or None)
             for (box, score), text in zip(found, texts)
             if text is None or len(text.replace(" ", "")) >= self.min_chars
         ]
+        return lines + self._rim_text(bgr, circles)
 
-    def rim_text(self, rgb: np.ndarray, circles: list) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
+    def _rim_text(self, bgr: np.ndarray, circles: list | tuple) -> list[tuple[tuple[int, int, int, int], float, str | None]]:
         """The round badges of ``circles`` (``emblem_circles``) that carry text on their rim: each rim unrolled
         (``unrolled_rim``: its upper and lower halves), all strips stacked into one detector input; a badge with a line
         on it becomes one box, the whole disk. With ``read_text`` its lines are read widest first until one reads as
@@ -277,7 +280,6 @@ class TextDetector:
         every line of the astronaut's patch cost more than detecting them)."""
         if not circles:
             return []
-        bgr = np.ascontiguousarray(rgb[..., ::-1])
         strips = [half for circle in circles for half in unrolled_rim(bgr, circle)]
         height = strips[0].shape[0]
         stack = np.concatenate(strips, axis=0)
@@ -285,7 +287,7 @@ class TextDetector:
         for (x0, y0, x1, y1), score in self._detect(stack, 1.0):
             index = min(len(strips) - 1, ((y0 + y1) // 2) // height) // 2
             per_circle.setdefault(index, []).append(((x0, y0, x1, y1), score))
-        h, w = rgb.shape[:2]
+        h, w = bgr.shape[:2]
         found = []
         for index, lines in sorted(per_circle.items()):
             text = None
@@ -402,7 +404,7 @@ def person_zooms(faces: list, size: tuple[int, int], main_scale: float, face_px:
     1/40 of a face's height, below what the whole-image pass finds (text of 6 px at the detector); a part is
     skipped where its scale would not be 1.25x that of the whole-image pass."""
     zooms = []
-    for face in sorted(faces, key=lambda b: -(b[3] - b[1]))[:max_zooms]:
+    for face in _largest(faces, max_zooms):
         part = below_face(face, size)
         if part is None:
             continue
@@ -410,6 +412,11 @@ def person_zooms(faces: list, size: tuple[int, int], main_scale: float, face_px:
         if scale >= 1.25 * main_scale:
             zooms.append((part, scale))
     return zooms
+
+
+def _largest(faces: list, n: int) -> list:
+    """The ``n`` faces with the tallest boxes."""
+    return sorted(faces, key=lambda b: -(b[3] - b[1]))[:n]
 
 
 def face_height(face) -> float:
@@ -438,8 +445,8 @@ def below_face(face, size: tuple[int, int]):
 # Round badges (mission patches, crests, club and school emblems) letter their names along the rim, which PP-OCR's
 # detector, trained on straight lines, does not see: on the astronaut's crew patch its map stays under its threshold
 # at 2x, 3x and 4x. Below each face lite looks for circles of badge size (in face heights), keeps those whose rim
-# carries much more fine detail than the cloth around them, unrolls each rim into a straight strip and detects
-# text on it, both ways up (the upper arc reads with the letters' tops outwards, the lower one inwards).
+# carries much more fine detail than the cloth around them, unrolls each rim into straight strips and detects
+# text on them (the upper arc read with the letters' tops outwards, the lower one with them inwards).
 EMBLEM_RADII = (0.12, 0.45)
 # circles are looked for with the face scaled to this many pixels high
 EMBLEM_FACE_PX = 100
@@ -462,7 +469,7 @@ def emblem_circles(rgb: np.ndarray, faces: list, max_faces: int = 3) -> list[tup
 
     size = (rgb.shape[1], rgb.shape[0])
     found: list[tuple[float, float, float]] = []
-    for face in sorted(faces, key=lambda b: -(b[3] - b[1]))[:max_faces]:
+    for face in _largest(faces, max_faces):
         part = below_face(face, size)
         if part is None:
             continue
@@ -619,14 +626,12 @@ class LiteInspector:
             main_scale = min(max(max(size), c.text_min_side), c.text_max_side) / max(size)
             # large photos: tiles where the whole-image look would miss `text_min_cap_px` capitals
             tiles = text_tiles(size, main_scale, c.text_min_cap_px, c.text_max_side)
-            zooms = []
+            zooms, circles = [], []
             if c.person_text and face_boxes:
                 seen = max([main_scale] + [scale for _, scale in tiles])
                 zooms = person_zooms(face_boxes, size, seen, c.person_text_face_px)
-            lines = self.text(rgb, zooms, tiles)
-            if c.person_text and face_boxes:
-                lines += self.text.rim_text(rgb, emblem_circles(rgb, face_boxes))
-            lines = [line for line in lines if _covered(line[0], face_boxes) < FACE_COVER_LIMIT or _reads_as_word(line[2])]
+                circles = emblem_circles(rgb, face_boxes)
+            lines = [line for line in self.text(rgb, zooms, tiles, circles) if _covered(line[0], face_boxes) < FACE_COVER_LIMIT or _reads_as_word(line[2])]
             kinds: dict[str, list[str]] = {}
             for box, score, text in lines:
                 label = classify_text(text)
